@@ -1,0 +1,43 @@
+# The README's two commands are `make run` and `make test`; each sets everything up first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+
+export VK_ICD_FILENAMES := $(CURDIR)/.vulkan/lvp_icd.json
+export MS_SKIP_ASSET_DOWNLOAD_PROMPT := 1
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup run test lint format bench demo lock
+
+setup:
+	@infra/local/setup.sh
+
+# The pipeline's main job (embedded defaults; no servers to start).
+run: setup
+	$(PY) -m par.demo --size tiny --steps 300
+
+# Lint, format check and the whole test suite (simulator and server tests included).
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) -m par.bench
+
+demo: setup
+	$(PY) -m par.demo
+
+# Re-resolve requirements.in into requirements.lock in a scratch venv (needs the index).
+lock:
+	rm -rf /tmp/par-lock-venv && python3.11 -m venv /tmp/par-lock-venv
+	/tmp/par-lock-venv/bin/pip install --quiet torch==2.13.0
+	/tmp/par-lock-venv/bin/pip install --quiet -r requirements.in
+	/tmp/par-lock-venv/bin/pip check
+	{ head -n 3 requirements.lock; /tmp/par-lock-venv/bin/pip freeze --exclude-editable \
+	  | sed 's/^torch==\(.*\)+cpu$$/torch==\1/'; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock

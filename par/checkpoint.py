@@ -1,0 +1,129 @@
+"""Saving and loading models (safetensors + the config), and loading video-pretrained
+weights into a physical model.
+
+A model directory holds ``model.safetensors`` (weights, with the config JSON in the
+file's metadata) and ``config.json`` (the same config, for people). Writes are
+atomic: the directory appears complete or not at all.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from par.config import ModelConfig
+from par.model import PAR, VIDEO_PREFIXES
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+def atomic_dir(target: Path) -> tempfile.TemporaryDirectory:
+    """A temporary sibling directory of ``target`` (same filesystem, for rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.tmp-")
+
+
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move ``tmp`` into place as ``target``, replacing an older ``target``."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+
+
+def save_model(model: PAR, directory: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
+    """Write the model's weights and config to ``directory`` atomically."""
+    target = Path(directory)
+    config_json = model.config.model_dump_json()
+    metadata = {"config": config_json, "format": "par-v1", **(extra_metadata or {})}
+    with atomic_dir(target) as tmp:
+        tmp_path = Path(tmp) / "model"
+        tmp_path.mkdir()
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp_path / WEIGHTS), metadata=metadata)
+        (tmp_path / CONFIG).write_text(json.dumps(json.loads(config_json), indent=2) + "\n")
+        replace_dir(tmp_path, target)
+    return target
+
+
+def read_config(directory: str | Path) -> ModelConfig:
+    """The config stored in a model directory (from the weights file's metadata)."""
+    weights = Path(directory) / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"no model weights at {weights}")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise ValueError(f"{weights} is not a readable safetensors file: {exc}") from exc
+    if "config" not in metadata:
+        raise ValueError(f"{weights} carries no PAR config in its metadata")
+    try:
+        return ModelConfig.model_validate_json(metadata["config"])
+    except ValidationError as exc:
+        raise ValueError(f"{weights} holds an invalid config: {exc}") from exc
+
+
+def load_model(directory: str | Path) -> PAR:
+    """Rebuild a model from a directory written by :func:`save_model`."""
+    config = read_config(directory)
+    model = PAR(config)
+    state = load_file(str(Path(directory) / WEIGHTS))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"weights in {directory} do not match their config: missing {missing}, unexpected {unexpected}"
+        )
+    return model
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_pretrained` did with every parameter of the target model."""
+
+    taken: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)  # "name: source shape vs target shape"
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.taken)} tensors taken from the pretrained model, "
+            f"{len(self.new)} new, {len(self.mismatched)} shape mismatches"
+        )
+
+
+def load_pretrained(model: PAR, source: str | Path | dict[str, torch.Tensor]) -> LoadReport:
+    """Copy video-pretrained weights into ``model`` (a physical model).
+
+    Only tensors that video pretraining trains (``VIDEO_PREFIXES``) are taken; a
+    tensor whose shape differs (say, another number of tasks) keeps its fresh
+    initialisation and is listed as mismatched; every other tensor is new.
+    """
+    state = load_file(str(Path(source) / WEIGHTS)) if not isinstance(source, dict) else source
+    report = LoadReport()
+    own = model.state_dict()
+    update = {}
+    for name, tensor in own.items():
+        src = state.get(name)
+        if src is None or not name.startswith(VIDEO_PREFIXES):
+            report.new.append(name)
+        elif tuple(src.shape) != tuple(tensor.shape):
+            report.mismatched.append(f"{name}: {tuple(src.shape)} vs {tuple(tensor.shape)}")
+        else:
+            update[name] = src
+            report.taken.append(name)
+    model.load_state_dict(update, strict=False)
+    return report

@@ -1,0 +1,82 @@
+"""Context windows sampled from episodes held in memory.
+
+The data pipeline stores latents once (NOVA's habit: encode once, sample windows at
+train time). An episode of ``T`` actions has ``T + 1`` observations. A window of ``K``
+physical steps starts at an env step ``s`` and takes frames at ``s, s + L, ...,
+s + K L`` (the last one a target only) and the actions ``s + t L + j``. Indices past
+the episode's end repeat its last frame, state and action: after the demo succeeds
+the robot holds still, which is what a policy should learn to do there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from par.model import Batch
+
+
+@dataclass
+class Episode:
+    task: int
+    latents: torch.Tensor  # (T + 1, C, H, W), normalised
+    actions: torch.Tensor  # (T, A), in [-1, 1]
+    proprio: torch.Tensor | None = None  # (T + 1, proprio_dim), normalised
+
+    def __post_init__(self) -> None:
+        T = self.actions.shape[0]
+        if T < 1:
+            raise ValueError("an episode needs at least one action")
+        if self.latents.shape[0] != T + 1:
+            raise ValueError(f"episode has {T} actions but {self.latents.shape[0]} latents (expected {T + 1})")
+        if self.proprio is not None and self.proprio.shape[0] != T + 1:
+            raise ValueError(f"episode has {T} actions but {self.proprio.shape[0]} proprio rows (expected {T + 1})")
+
+    @property
+    def length(self) -> int:
+        return int(self.actions.shape[0])
+
+
+def window_indices(length: int, start: int, steps: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frame indices (K + 1,) and action indices (K, L) of a window, clamped to the episode."""
+    frames = start + chunk * torch.arange(steps + 1)
+    actions = frames[:steps, None] + torch.arange(chunk)[None]
+    return frames.clamp(max=length), actions.clamp(max=length - 1)
+
+
+class WindowSampler:
+    """Samples batches of windows uniformly over (episode, start step)."""
+
+    def __init__(self, episodes: list[Episode], steps: int, chunk: int, video: bool = False) -> None:
+        if not episodes:
+            raise ValueError("no episodes to sample from")
+        self.episodes, self.steps, self.chunk, self.video = episodes, steps, chunk, video
+        lengths = torch.tensor([e.length for e in episodes], dtype=torch.float64)
+        self.weights = lengths / lengths.sum()  # every env step equally likely as a start
+
+    def window(self, episode: int, start: int) -> Batch:
+        ep = self.episodes[episode]
+        fi, ai = window_indices(ep.length, start, self.steps, self.chunk)
+        return Batch(
+            task=torch.tensor([ep.task]),
+            frames=ep.latents[fi][None],
+            proprio=None if ep.proprio is None or self.video else ep.proprio[fi][None],
+            actions=None if self.video else ep.actions[ai][None],
+        )
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+        picks = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator)
+        windows = []
+        for i in picks.tolist():
+            start = int(torch.randint(0, self.episodes[i].length, (1,), generator=generator))
+            windows.append(self.window(i, start))
+        return collate(windows)
+
+
+def collate(windows: list[Batch]) -> Batch:
+    def cat(name: str) -> torch.Tensor | None:
+        values = [getattr(w, name) for w in windows]
+        return None if values[0] is None else torch.cat(values)
+
+    return Batch(task=cat("task"), frames=cat("frames"), proprio=cat("proprio"), actions=cat("actions"))

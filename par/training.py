@@ -1,0 +1,112 @@
+"""Optimisation: AdamW with warmup + cosine decay, and a resumable trainer.
+
+The trainer owns the optimizer, the step counter and the data RNG, and exposes
+them as ``state_dict()`` so that a caller (the pipeline's train component) can
+checkpoint and resume to the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+
+from par.data import WindowSampler
+from par.model import PAR, LossOutput
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: PositiveInt = 1000
+    batch_size: PositiveInt = 32
+    lr: float = Field(default=3e-4, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=100, ge=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    seed: int = 0
+    # Threads for torch on the CPU; 0 keeps torch's default.
+    threads: int = Field(default=0, ge=0)
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Linear warmup to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms and embedding tables (1-D or 0-D)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr,
+        betas=(0.9, 0.95),
+    )
+
+
+@dataclass
+class StepResult:
+    step: int
+    loss: LossOutput
+    lr: float
+    seconds: float
+    grad_norm: float
+
+
+class Trainer:
+    """Teacher-forced training of a PAR on sampled windows."""
+
+    def __init__(self, model: PAR, sampler: WindowSampler, config: TrainConfig) -> None:
+        self.model, self.sampler, self.config = model, sampler, config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        self.optimizer = make_optimizer(model, config)
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def train_step(self) -> StepResult:
+        start = time.perf_counter()
+        self.model.train()
+        lr = lr_at(self.step, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self.sampler.sample(self.config.batch_size, self.generator)
+        out = self.model.loss(batch, generator=self.generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return StepResult(self.step, out, lr, time.perf_counter() - start, float(grad_norm))
+
+    def run(self, until: int | None = None, on_step: Callable[[StepResult], None] | None = None) -> None:
+        """Train until ``until`` steps (default: the config's total)."""
+        until = self.config.steps if until is None else until
+        while self.step < until:
+            result = self.train_step()
+            if not torch.isfinite(result.loss.total):
+                raise FloatingPointError(f"loss is {result.loss.total.item()} at step {result.step}")
+            if on_step is not None:
+                on_step(result)
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = int(state["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
