@@ -20,8 +20,11 @@ from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from par.baseline import BCConfig, BCPolicy
 from par.config import ModelConfig
 from par.model import PAR, VIDEO_PREFIXES
+
+Model = PAR | BCPolicy
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -44,11 +47,12 @@ def replace_dir(tmp: Path, target: Path) -> None:
         os.replace(tmp, target)
 
 
-def save_model(model: PAR, directory: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
+def save_model(model: Model, directory: str | Path, extra_metadata: dict[str, str] | None = None) -> Path:
     """Write the model's weights and config to ``directory`` atomically."""
     target = Path(directory)
     config_json = model.config.model_dump_json()
-    metadata = {"config": config_json, "format": "par-v1", **(extra_metadata or {})}
+    kind = "bc" if isinstance(model, BCPolicy) else "par"
+    metadata = {"config": config_json, "format": "par-v1", "kind": kind, **(extra_metadata or {})}
     with atomic_dir(target) as tmp:
         tmp_path = Path(tmp) / "model"
         tmp_path.mkdir()
@@ -59,7 +63,7 @@ def save_model(model: PAR, directory: str | Path, extra_metadata: dict[str, str]
     return target
 
 
-def read_config(directory: str | Path) -> ModelConfig:
+def read_config(directory: str | Path) -> ModelConfig | BCConfig:
     """The config stored in a model directory (from the weights file's metadata)."""
     weights = Path(directory) / WEIGHTS
     if not weights.is_file():
@@ -71,16 +75,17 @@ def read_config(directory: str | Path) -> ModelConfig:
         raise ValueError(f"{weights} is not a readable safetensors file: {exc}") from exc
     if "config" not in metadata:
         raise ValueError(f"{weights} carries no PAR config in its metadata")
+    config_class = BCConfig if metadata.get("kind") == "bc" else ModelConfig
     try:
-        return ModelConfig.model_validate_json(metadata["config"])
+        return config_class.model_validate_json(metadata["config"])
     except ValidationError as exc:
         raise ValueError(f"{weights} holds an invalid config: {exc}") from exc
 
 
-def load_model(directory: str | Path) -> PAR:
-    """Rebuild a model from a directory written by :func:`save_model`."""
+def load_model(directory: str | Path) -> Model:
+    """Rebuild a model (PAR or the baseline) from a directory written by :func:`save_model`."""
     config = read_config(directory)
-    model = PAR(config)
+    model = BCPolicy(config) if isinstance(config, BCConfig) else PAR(config)
     state = load_file(str(Path(directory) / WEIGHTS))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

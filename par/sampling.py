@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from par.baseline import BCPolicy, BCRollout
 from par.mask import Layout, attention_mask, step_layout, task_layout
 from par.model import PAR
 from par.tokenizers import check_shape
@@ -190,3 +191,10 @@ class Rollout:
         actions = self.sample_actions()
         self.commit_actions(actions)
         return actions, self.predict_frame() if predict else None
+
+
+def rollout_for(model: PAR | BCPolicy, task: torch.Tensor, generator: torch.Generator | None = None, **kwargs):
+    """The closed-loop driver of a model: a PAR Rollout, or the baseline's."""
+    if isinstance(model, BCPolicy):
+        return BCRollout(model, task, generator)
+    return Rollout(model, task, generator, **kwargs)

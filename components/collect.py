@@ -1,0 +1,246 @@
+"""collect: ManiSkill motion-planning demonstrations, recorded in the training form.
+
+    python -m components.collect --params params.yaml --task PushCube-v1 --out data/demos/PushCube-v1
+
+ManiSkill's own motion planner (``mani_skill.examples.motionplanning``) solves each
+seeded episode in ``pd_joint_pos``; a recording wrapper keeps what the environment
+returns at every step: the camera frame, qpos, the action and the success flag. The
+planner's control mode is the paper's, so no replay pass is needed: frames are
+rendered once, while planning, by the very camera (size and shader) that evaluation
+will use. Seeds are tried in order from ``seed_start``; the dataset is the first N
+whose plans succeed (deterministic whatever the worker count).
+
+Output (one folder a task, written atomically)::
+
+    manifest.json                  task, control mode, camera, counts, seeds, versions,
+                                   action/qpos statistics, the env kwargs to rebuild
+    episodes/episode_00000.npz     frames (T+1, H, W, 3) uint8, actions (T, A) float32,
+                                   qpos (T+1, D) float32, success (T,) bool, seed ()
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.common import ComponentError, atomic_output, log, run_cli, write_json
+from components.maniskill import env_kwargs, frame_of, make_env, planner_for, qpos_of, scalar, versions
+from components.params import CollectParams, load_params
+
+MAX_EPISODE_STEPS = 1000  # the planner decides when an episode ends, not the TimeLimit
+FORMAT = "par-demos-v1"
+
+
+class Recorder:
+    """Wraps an env; keeps frames, qpos, actions and success of the current episode."""
+
+    def __init__(self, env: Any, camera: str) -> None:
+        self.env, self.camera = env, camera
+        self.frames: list[np.ndarray] = []
+        self.qpos: list[np.ndarray] = []
+        self.actions: list[np.ndarray] = []
+        self.success: list[bool] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.env, name)
+
+    @property
+    def unwrapped(self) -> Any:
+        return self.env.unwrapped
+
+    def reset(self, **kwargs: Any) -> tuple:
+        obs, info = self.env.reset(**kwargs)
+        self.frames, self.qpos = [frame_of(obs, self.camera)], [qpos_of(obs)]
+        self.actions, self.success = [], []
+        return obs, info
+
+    def step(self, action: Any) -> tuple:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        action = action.cpu().numpy() if hasattr(action, "cpu") else action
+        self.actions.append(np.asarray(action, dtype=np.float32).reshape(-1))
+        self.frames.append(frame_of(obs, self.camera))
+        self.qpos.append(qpos_of(obs))
+        self.success.append(bool(scalar(info["success"])))
+        return obs, reward, terminated, truncated, info
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(task: str, kwargs: dict[str, Any], camera: str) -> None:
+    import logging
+
+    logging.getLogger("mani_skill").setLevel(logging.ERROR)
+    _WORKER["env"] = Recorder(make_env(task, kwargs), camera)
+    _WORKER["solve"] = planner_for(task)
+
+
+def _attempt(seed: int) -> dict[str, Any]:
+    """Plan one seeded episode; return its arrays, or why it failed."""
+    env, solve = _WORKER["env"], _WORKER["solve"]
+    try:
+        result = solve(env, seed=seed, debug=False, vis=False)
+    except Exception as exc:  # the planner raises on unreachable poses
+        return {"seed": seed, "ok": False, "reason": f"planner error: {exc}"}
+    if result == -1 or not env.actions:
+        return {"seed": seed, "ok": False, "reason": "no motion plan"}
+    if not env.success[-1]:
+        return {"seed": seed, "ok": False, "reason": "plan ended without success"}
+    return {
+        "seed": seed,
+        "ok": True,
+        "frames": np.stack(env.frames),
+        "qpos": np.stack(env.qpos),
+        "actions": np.stack(env.actions),
+        "success": np.asarray(env.success, dtype=bool),
+        "action_space": (env.action_space.low.reshape(-1), env.action_space.high.reshape(-1)),
+    }
+
+
+def _attempts(task: str, kwargs: dict[str, Any], camera: str, seeds: range, workers: int):
+    """Yield attempt results in seed order, planning in ``workers`` processes."""
+    if workers == 1:
+        _init_worker(task, kwargs, camera)
+        try:
+            yield from map(_attempt, seeds)
+        finally:
+            _WORKER.pop("env").close()
+        return
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(task, kwargs, camera)) as pool:
+        yield from pool.imap(_attempt, seeds, chunksize=1)
+        pool.terminate()
+
+
+def collect_task(task: str, params: CollectParams, out: Path, progress: bool = True) -> dict[str, Any]:
+    """Collect ``params.demos_per_task`` successful demos of ``task`` into ``out``."""
+    from tqdm import tqdm
+
+    planner_for(task)  # fail fast on tasks without a planner
+    kwargs = env_kwargs(params.control_mode, params.camera, params.robot_uids, params.sim_backend, MAX_EPISODE_STEPS)
+    wanted = params.demos_per_task
+    max_attempts = math.ceil(wanted * params.max_attempts_per_demo)
+    seeds = range(params.seed_start, params.seed_start + max_attempts)
+    started = time.perf_counter()
+    kept: list[dict[str, Any]] = []
+    failures: list[dict[str, Any]] = []
+    with atomic_output(out) as tmp:
+        (tmp / "episodes").mkdir()
+        bar = tqdm(total=wanted, desc=f"collect {task}", unit="demo", disable=not progress)
+        attempts = 0
+        results = _attempts(task, kwargs, params.camera.name, seeds, params.workers)
+        for result in results:
+            attempts += 1
+            if not result["ok"]:
+                failures.append({"seed": result["seed"], "reason": result["reason"]})
+            else:
+                index = len(kept)
+                np.savez_compressed(
+                    tmp / "episodes" / f"episode_{index:05d}.npz",
+                    frames=result["frames"],
+                    actions=result["actions"],
+                    qpos=result["qpos"],
+                    success=result["success"],
+                    seed=np.int64(result["seed"]),
+                )
+                kept.append(
+                    {k: result[k] for k in ("seed", "actions", "qpos", "action_space")} | {"T": len(result["actions"])}
+                )
+                bar.update(1)
+            bar.set_postfix(planner_success=f"{len(kept) / attempts:.0%}")
+            if len(kept) == wanted:
+                results.close()
+                break
+        bar.close()
+        seconds = time.perf_counter() - started
+        if len(kept) < wanted:
+            raise ComponentError(
+                f"{task}: only {len(kept)} of {wanted} demos succeeded in {attempts} planner attempts "
+                f"(seeds {seeds.start}..{seeds.start + attempts - 1}); raise collect.max_attempts_per_demo"
+            )
+        manifest = build_manifest(task, params, kwargs, kept, failures, attempts, seconds)
+        log.info("wrote %d episodes and the manifest", len(kept))
+        write_json(tmp / "manifest.json", manifest)
+    log.info(
+        "collected %d %s demos in %.0f s: %.2f demos/s, planner success %d/%d (%.0f%%)",
+        *(wanted, task, seconds, wanted / seconds, wanted, attempts, 100 * wanted / attempts),
+    )
+    return manifest
+
+
+def build_manifest(
+    task: str,
+    params: CollectParams,
+    kwargs: dict[str, Any],
+    kept: list[dict[str, Any]],
+    failures: list[dict[str, Any]],
+    attempts: int,
+    seconds: float,
+) -> dict[str, Any]:
+    actions = np.concatenate([k["actions"] for k in kept])
+    qpos = np.concatenate([k["qpos"] for k in kept])
+    low, high = kept[0]["action_space"]
+    lengths = [k["T"] for k in kept]
+    return {
+        "format": FORMAT,
+        "task": task,
+        "control_mode": params.control_mode,
+        "robot_uids": params.robot_uids,
+        "camera": params.camera.model_dump(),
+        "frame_shape": [params.camera.height, params.camera.width, 3],
+        "env_kwargs": kwargs,
+        "episodes": [
+            {"file": f"episodes/episode_{i:05d}.npz", "seed": k["seed"], "steps": k["T"]} for i, k in enumerate(kept)
+        ],
+        "counts": {
+            "episodes": len(kept),
+            "steps": int(sum(lengths)),
+            "attempts": attempts,
+            "planner_failures": len(failures),
+            "min_steps": int(min(lengths)),
+            "max_steps": int(max(lengths)),
+            "mean_steps": float(np.mean(lengths)),
+        },
+        "seeds": [k["seed"] for k in kept],
+        "failed_seeds": failures,
+        "action_dim": int(actions.shape[1]),
+        "qpos_dim": int(qpos.shape[1]),
+        "action_min": actions.min(0).tolist(),
+        "action_max": actions.max(0).tolist(),
+        "action_space_low": low.tolist(),
+        "action_space_high": high.tolist(),
+        "qpos_min": qpos.min(0).tolist(),
+        "qpos_max": qpos.max(0).tolist(),
+        "qpos_mean": qpos.mean(0).tolist(),
+        "qpos_std": qpos.std(0).tolist(),
+        "versions": versions(),
+        "collection_seconds": round(seconds, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", help="params file (section collect)")
+    parser.add_argument("--task", required=True, help="ManiSkill task id, e.g. PushCube-v1")
+    parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    parser.add_argument("--demos", type=int, help="override collect.demos_per_task")
+    parser.add_argument("--workers", type=int, help="override collect.workers")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    overrides = {}
+    if args.demos is not None:
+        overrides["collect.demos_per_task"] = args.demos
+    if args.workers is not None:
+        overrides["collect.workers"] = args.workers
+    params = load_params(args.params, overrides)
+    collect_task(args.task, params.collect, args.out, progress=not args.no_progress)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

@@ -1,0 +1,92 @@
+"""ManiSkill environments, built the same way for collection and evaluation.
+
+The exact ``gym.make`` keyword arguments are written into each dataset's manifest,
+and evaluation rebuilds its environment from them: same camera size and shader,
+same control mode, same robot, same simulation backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from components.common import ComponentError, use_software_vulkan
+from components.params import CameraParams
+
+
+def env_kwargs(
+    control_mode: str, camera: CameraParams, robot_uids: str, sim_backend: str, max_episode_steps: int
+) -> dict[str, Any]:
+    return {
+        "obs_mode": "rgb",
+        "control_mode": control_mode,
+        "robot_uids": robot_uids,
+        "sim_backend": sim_backend,
+        "render_mode": "rgb_array",
+        "max_episode_steps": max_episode_steps,
+        "sensor_configs": {camera.name: {"width": camera.width, "height": camera.height, "shader_pack": camera.shader}},
+        "human_render_camera_configs": {"shader_pack": camera.shader},
+    }
+
+
+def make_env(task: str, kwargs: dict[str, Any]):
+    """``gym.make(task, **kwargs)`` with a clear error for unknown or offline-only tasks."""
+    use_software_vulkan()
+    import gymnasium as gym
+    import mani_skill.envs  # noqa: F401 - registers the environments
+
+    logging.getLogger("mani_skill").setLevel(logging.ERROR)  # "no CUDA, rendering on CPU" is expected
+
+    if task not in gym.registry:
+        raise ComponentError(f"unknown ManiSkill task {task!r}")
+    try:
+        return gym.make(task, **kwargs)
+    except FileNotFoundError as exc:
+        raise ComponentError(
+            f"task {task} needs assets that are not on this machine and cannot be downloaded here "
+            f"(run `python -m mani_skill.utils.download_asset {task}` where a network is available): {exc}"
+        ) from exc
+    except RuntimeError as exc:
+        if "Vulkan" in str(exc) or "vk::" in str(exc):
+            raise ComponentError(
+                f"ManiSkill could not render for {task}: {exc}. Run `make setup` to install the "
+                "software Vulkan driver, or set VK_ICD_FILENAMES."
+            ) from exc
+        raise
+
+
+def planner_for(task: str):
+    from mani_skill.examples.motionplanning.panda.run import MP_SOLUTIONS
+
+    if task not in MP_SOLUTIONS:
+        raise ComponentError(
+            f"task {task!r} has no motion-planning solution in ManiSkill; choose one of {sorted(MP_SOLUTIONS)}"
+        )
+    return MP_SOLUTIONS[task]
+
+
+def frame_of(obs: dict, camera: str) -> np.ndarray:
+    """The camera's RGB frame of the first (only) env: (H, W, 3) uint8."""
+    rgb = obs["sensor_data"][camera]["rgb"]
+    return np.asarray(rgb[0].cpu().numpy() if hasattr(rgb, "cpu") else rgb[0], dtype=np.uint8)
+
+
+def qpos_of(obs: dict) -> np.ndarray:
+    qpos = obs["agent"]["qpos"]
+    return np.asarray(qpos[0].cpu().numpy() if hasattr(qpos, "cpu") else qpos[0], dtype=np.float32)
+
+
+def scalar(value: Any) -> float:
+    """A 1-env tensor/array/bool as a Python number."""
+    if hasattr(value, "cpu"):
+        value = value.cpu().numpy()
+    return float(np.asarray(value).reshape(-1)[0])
+
+
+def versions() -> dict[str, str]:
+    import mani_skill
+    import sapien
+
+    return {"mani_skill": mani_skill.__version__, "sapien": sapien.__version__}

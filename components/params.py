@@ -1,0 +1,191 @@
+"""params.yaml, validated: one pydantic model per section, unknown keys rejected.
+
+Every component reads the file through :func:`load_params`, so a typo anywhere in
+params.yaml is an error that names its path (``collect.camera.widht``) before any
+work starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CameraParams(Section):
+    name: str = "base_camera"
+    width: PositiveInt = 64
+    height: PositiveInt = 64
+    # "minimal" is what a plain gym.make renders with; training and evaluation frames
+    # must come from the same shader, so it is recorded in the manifest.
+    shader: str = "minimal"
+
+
+class CollectParams(Section):
+    demos_per_task: PositiveInt = 100
+    seed_start: int = Field(default=0, ge=0)
+    # Give up after this many planner attempts per requested demo.
+    max_attempts_per_demo: float = Field(default=3.0, ge=1)
+    control_mode: str = "pd_joint_pos"
+    robot_uids: str = "panda"  # one camera on every task (StackCube's default adds a wrist camera)
+    camera: CameraParams = CameraParams()
+    # Planner processes; 1 = in-process.
+    workers: PositiveInt = 1
+    sim_backend: Literal["physx_cpu", "cpu", "auto"] = "physx_cpu"
+
+
+class ValidateParams(Section):
+    min_episode_steps: PositiveInt = 10
+    max_episode_steps: PositiveInt = 400
+    # Fraction of pixels allowed at exactly 0 or 255 in a frame (dead or blown-out camera).
+    max_saturated_fraction: float = Field(default=0.5, ge=0, le=1)
+
+
+class VAEParams(Section):
+    # diffusers AutoencoderKL architecture: one down block per entry of block_channels;
+    # the spatial downsampling is 2 ** (len(block_channels) - 1).
+    block_channels: list[PositiveInt] = [16, 32, 64]
+    layers_per_block: PositiveInt = 1
+    latent_channels: PositiveInt = 4
+    # Self-attention in the VAE's middle block (costly on a CPU at small sizes).
+    mid_block_attention: bool = False
+    norm_num_groups: PositiveInt = 16
+    steps: PositiveInt = 600
+    batch_size: PositiveInt = 16
+    lr: float = Field(default=2e-3, gt=0)
+    kl_weight: float = Field(default=1e-6, ge=0)
+    seed: int = 0
+
+    @field_validator("block_channels")
+    @classmethod
+    def _non_empty(cls, value: list[int]) -> list[int]:
+        if not value:
+            raise ValueError("block_channels must list at least one block")
+        return value
+
+
+class EncodeParams(Section):
+    # "train": fit the VAE below on the collected frames; "load": use pretrained_path.
+    vae_source: Literal["train", "load"] = "train"
+    pretrained_path: str | None = None
+    vae: VAEParams = VAEParams()
+    # Episodes held out (per task, the last ones) for reconstruction metrics.
+    holdout_episodes: int = Field(default=2, ge=0)
+    batch_size: PositiveInt = 64
+
+
+class ModelParams(Section):
+    """The network: PAR (a named size of par.config) or the behaviour-cloning baseline,
+    plus what the data decides (latent shape, action and qpos sizes, tasks)."""
+
+    kind: Literal["par", "bc"] = "par"
+    size: Literal["tiny", "small", "base", "paper"] = "tiny"
+    # Latent patch side; 16x16 latents with patch 4 give 16 tokens a frame.
+    patch_size: PositiveInt = 4
+    use_proprio: bool = True
+    ablation: Literal["none", "no_ar", "discrete_actions", "no_video_pretrain"] = "none"
+    # Nested overrides of par.config.ModelConfig, or of par.baseline.BCConfig for kind "bc"
+    # (validated there, unknown keys rejected).
+    overrides: dict[str, Any] = {}
+
+
+class OptimParams(Section):
+    """One training stage's optimisation (maps onto par.training.TrainConfig)."""
+
+    steps: PositiveInt = 2000
+    batch_size: PositiveInt = 32
+    lr: float = Field(default=1e-3, gt=0)
+    min_lr_ratio: float = Field(default=0.05, ge=0, le=1)
+    warmup_steps: int = Field(default=100, ge=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    seed: int = 0
+    threads: int = Field(default=0, ge=0)
+    checkpoint_every: PositiveInt = 500
+    log_every: PositiveInt = 25
+
+
+class PretrainParams(OptimParams):
+    enabled: bool = True
+    # Extra frame-only data: folders written by encode (their latents/<task>.npz are used
+    # as video whatever their actions), e.g. rollouts of other tasks.
+    extra_latents: list[str] = []
+
+
+class EvaluateParams(Section):
+    # "paper": `episodes` episodes a task from seed_start; "rdt": 250 episodes (10 seed
+    # groups 20241201+i of 25), as the baselines quoted by the paper.
+    protocol: Literal["paper", "rdt"] = "paper"
+    episodes: PositiveInt = 125
+    # Far from the demos' seeds (0, 1, ...), so evaluation scenes are unseen.
+    seed_start: int = Field(default=1_000_000, ge=0)
+    # About twice the longest demo (the registered 50 steps is too short for the planner's demos).
+    max_episode_steps: dict[str, PositiveInt] = {"PushCube-v1": 100, "PickCube-v1": 100, "StackCube-v1": 200}
+    default_max_episode_steps: PositiveInt = 200
+    videos: int = Field(default=3, ge=0)  # episodes a task recorded as mp4
+    action_sampling_steps: PositiveInt | None = None  # DDIM steps; None = the model's default
+    shards: PositiveInt = 1  # seed shards a task (parallel evaluation workers)
+
+
+class Params(Section):
+    """The whole params.yaml. Sections of later stages are added as they land."""
+
+    tasks: list[str] = ["PushCube-v1"]
+    collect: CollectParams = CollectParams()
+    validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
+    encode: EncodeParams = EncodeParams()
+    model: ModelParams = ModelParams()
+    pretrain: PretrainParams = PretrainParams()
+    train: OptimParams = OptimParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("tasks must name at least one task")
+        if len(set(value)) != len(value):
+            raise ValueError(f"tasks lists a task twice: {value}")
+        return value
+
+    @property
+    def validate_params(self) -> ValidateParams:
+        return self.validate_
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or invalid; the message names the key."""
+
+
+def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Params:
+    """Read and validate a params file; ``overrides`` are dotted keys (``collect.workers``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"params file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"params file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ParamsError(f"params file {path} must hold a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ParamsError(f"params file {path} is invalid: {problems}") from exc

@@ -1,0 +1,91 @@
+"""MLflow tracking: one run per stage, nested under one run per pipeline execution.
+
+The tracking URI comes from ``MLFLOW_TRACKING_URI``; by default it is an embedded
+SQLite store in the repository (``sqlite:///mlflow.db``), so ``dvc repro`` needs no
+server. A pipeline run is identified by ``PAR_PIPELINE_KEY`` (Airflow passes its DAG
+run id) or, when unset, by the hash of params.yaml and the git commit: every stage
+of one ``dvc repro`` then nests under the same parent run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from components.common import ROOT
+
+EXPERIMENT = os.environ.get("PAR_MLFLOW_EXPERIMENT", "par")
+log = logging.getLogger("components.tracking")
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{ROOT / 'mlflow.db'}"
+
+
+def _mlflow():
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri())
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow
+
+
+def pipeline_key(params_path: str | Path) -> str:
+    if os.environ.get("PAR_PIPELINE_KEY"):
+        return os.environ["PAR_PIPELINE_KEY"]
+    digest = hashlib.sha256(Path(params_path).read_bytes())
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
+        digest.update(head.stdout.strip().encode())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return digest.hexdigest()[:16]
+
+
+def pipeline_run_id(params_path: str | Path) -> str:
+    """The parent run of this pipeline execution, created on first use."""
+    mlflow = _mlflow()
+    key = pipeline_key(params_path)
+    found = mlflow.search_runs(
+        filter_string=f"tags.`par.pipeline_key` = '{key}' and tags.`par.kind` = 'pipeline'",
+        max_results=1,
+        output_format="list",
+    )
+    if found:
+        return found[0].info.run_id
+    client = mlflow.MlflowClient()
+    experiment = mlflow.get_experiment_by_name(EXPERIMENT)
+    run = client.create_run(
+        experiment.experiment_id,
+        tags={"par.pipeline_key": key, "par.kind": "pipeline", "mlflow.runName": f"pipeline-{key}"},
+    )
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str, params_path: str | Path, run_id: str | None = None, tags: dict[str, str] | None = None
+) -> Iterator[Any]:
+    """Start (or resume, given ``run_id``) the MLflow run of a stage, nested in the pipeline run."""
+    mlflow = _mlflow()
+    parent = pipeline_run_id(params_path)
+    if run_id is not None:
+        try:
+            mlflow.get_run(run_id)
+        except Exception:  # the run is gone (another tracking store): start afresh
+            log.warning("MLflow run %s not found in %s; starting a new run", run_id, tracking_uri())
+            run_id = None
+    kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {"run_name": stage}
+    with mlflow.start_run(
+        **kwargs, tags={"mlflow.parentRunId": parent, "par.stage": stage, **(tags or {})}, log_system_metrics=True
+    ) as run:
+        yield run

@@ -1,0 +1,92 @@
+"""Fixtures with real ManiSkill data, collected once per test session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.collect import collect_task
+from components.params import load_params
+
+TASKS = ["PushCube-v1", "PickCube-v1", "StackCube-v1"]
+
+ROOT = Path(__file__).resolve().parents[2]
+SMOKE_PROFILE = ROOT / "profiles" / "smoke.yaml"
+
+
+def write_params(path: Path, **sections) -> Path:
+    """The smoke profile with some sections replaced."""
+    data = yaml.safe_load(SMOKE_PROFILE.read_text())
+    data.update(sections)
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def smoke_params(tmp_path_factory) -> Path:
+    return write_params(tmp_path_factory.mktemp("params") / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def demos(tmp_path_factory, smoke_params) -> Path:
+    """2 real motion-planning demos of each default task at 64x64 (the CI end-to-end data)."""
+    root = tmp_path_factory.mktemp("demos")
+    params = load_params(smoke_params)
+    for task in TASKS:
+        collect_task(task, params.collect, root / task, progress=False)
+    return root
+
+
+@pytest.fixture
+def push_copy(demos, tmp_path) -> Path:
+    """A private copy of the PushCube dataset, to corrupt."""
+    target = tmp_path / "PushCube-v1"
+    shutil.copytree(demos / "PushCube-v1", target)
+    return target
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_store(tmp_path_factory):
+    """Tests track into a throwaway SQLite store, never the repository's."""
+    import os
+
+    store = tmp_path_factory.mktemp("mlflow")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+    os.environ["PAR_PIPELINE_KEY"] = "tests"
+    yield
+
+
+@pytest.fixture(scope="session")
+def encoded(demos, smoke_params, tmp_path_factory) -> Path:
+    from components.encode import encode
+
+    root = tmp_path_factory.mktemp("encoded")
+    params = load_params(smoke_params)
+    encode([demos / t for t in TASKS], params.encode, root / "encoded", root / "m.json", root / "r.png", progress=False)
+    return root / "encoded"
+
+
+@pytest.fixture(scope="session")
+def pretrained(encoded, smoke_params, tmp_path_factory) -> Path:
+    from components.train import run
+
+    tmp = tmp_path_factory.mktemp("pretrain")
+    params = load_params(smoke_params)
+    run("pretrain", params, smoke_params, encoded, tmp / "pretrained", tmp / "ckpt", tmp / "m.json", tmp / "plots")
+    assert (tmp / "pretrained" / "model" / "model.safetensors").is_file()
+    assert (tmp / "ckpt" / "last" / "training_state.pt").is_file()
+    return tmp / "pretrained"
+
+
+@pytest.fixture(scope="session")
+def policy_dir(encoded, pretrained, smoke_params, tmp_path_factory) -> Path:
+    """A (barely trained) smoke policy: enough to drive the simulator end to end."""
+    from components.train import run
+
+    tmp = tmp_path_factory.mktemp("policy")
+    params = load_params(smoke_params)
+    run("train", params, smoke_params, encoded, tmp / "policy", tmp / "ckpt", tmp / "m.json", tmp / "plots", pretrained)
+    return tmp / "policy"

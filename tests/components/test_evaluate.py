@@ -1,0 +1,146 @@
+"""evaluate: closed-loop rollouts in ManiSkill, shards, and the failure modes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from components.evaluate import evaluate, merge, protocol_seeds
+from components.metrics import wilson_interval
+from components.params import EvaluateParams, load_params
+from components.policy import load_policy
+
+pytestmark = [pytest.mark.simulator, pytest.mark.slow]
+
+
+def test_closed_loop_evaluation_writes_rows_metrics_and_video(policy_dir, smoke_params, demos, tmp_path):
+    params = load_params(smoke_params)
+    manifest = json.loads((demos / "PushCube-v1" / "manifest.json").read_text())
+    metrics = evaluate(
+        load_policy(policy_dir), "PushCube-v1", params.evaluate, tmp_path / "eval", manifest=manifest, progress=False
+    )
+    rows = json.loads((tmp_path / "eval" / "episodes.json").read_text())
+    assert [r["seed"] for r in rows] == [1_000_000, 1_000_001]
+    assert all(r["steps"] == 100 for r in rows)  # terminations ignored: every episode runs max steps
+    assert metrics["episodes"] == 2 and 0 <= metrics["wilson_low"] <= metrics["success_once"] <= metrics["wilson_high"]
+    assert len(list((tmp_path / "eval" / "videos").glob("*.mp4"))) == 1
+
+
+def test_shards_merge_into_the_whole(policy_dir, smoke_params, tmp_path):
+    params = load_params(smoke_params)
+    policy = load_policy(policy_dir)
+    a = evaluate(
+        policy, "PushCube-v1", params.evaluate, tmp_path / "a", seed_start=1_000_000, episodes=1, progress=False
+    )
+    b = evaluate(
+        policy, "PushCube-v1", params.evaluate, tmp_path / "b", seed_start=1_000_001, episodes=1, progress=False
+    )
+    merged = merge([tmp_path / "b", tmp_path / "a"], tmp_path / "all")
+    assert merged["episodes"] == 2 and merged["seeds"] == [1_000_000, 1_000_001]
+    assert merged["success_once"] == (a["success_once"] + b["success_once"]) / 2
+    with pytest.raises(Exception, match="overlap"):
+        merge([tmp_path / "a", tmp_path / "a"], tmp_path / "dup")
+
+
+def test_a_policy_that_emits_nan_fails_its_episodes_without_crashing(policy_dir, smoke_params, tmp_path):
+    broken = tmp_path / "nan_policy"
+    shutil.copytree(policy_dir, broken)
+    weights = broken / "model" / "model.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()
+    state = load_file(weights)
+    for name in state:
+        if name.startswith("action_head."):
+            state[name] = state[name] * float("nan")
+    save_file(state, str(weights), metadata=metadata)
+    params = load_params(smoke_params)
+    metrics = evaluate(load_policy(broken), "PushCube-v1", params.evaluate, tmp_path / "eval", progress=False)
+    assert metrics["episodes"] == 2 and metrics["success_once"] == 0 and metrics["failed_to_act"] == 2
+
+
+def _evaluate_cli(smoke_params, tmp_path, *extra):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components.evaluate",
+            "--params",
+            str(smoke_params),
+            "--task",
+            "PushCube-v1",
+            "--out",
+            str(tmp_path / "out"),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_bad_model_uri_is_a_clear_error(smoke_params, tmp_path):
+    result = _evaluate_cli(smoke_params, tmp_path, "--model-uri", str(tmp_path / "no_such_policy"))
+    assert result.returncode == 2 and "no_such_policy" in result.stderr
+    result = _evaluate_cli(smoke_params, tmp_path, "--model-uri", "models:/par-never-registered@champion")
+    assert result.returncode == 2 and "cannot resolve model URI" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_checkpoint_is_a_clear_error(policy_dir, smoke_params, tmp_path):
+    broken = tmp_path / "policy"
+    shutil.copytree(policy_dir, broken)
+    (broken / "model" / "model.safetensors").unlink()
+    result = _evaluate_cli(smoke_params, tmp_path, "--model-uri", str(broken))
+    assert result.returncode == 2 and "no model weights" in result.stderr
+
+
+def test_dataset_model_mismatch_is_a_clear_error(policy_dir, smoke_params, demos, tmp_path):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    manifest = json.loads((demos / "PushCube-v1" / "manifest.json").read_text())
+    manifest["control_mode"] = "pd_ee_delta_pose"
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    result = _evaluate_cli(smoke_params, tmp_path, "--model-uri", str(policy_dir), "--dataset", str(dataset))
+    assert result.returncode == 2 and "dataset/model mismatch" in result.stderr and "control_mode" in result.stderr
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components.evaluate",
+            "--params",
+            str(smoke_params),
+            "--task",
+            "PegInsertionSide-v1",
+            "--model-uri",
+            str(policy_dir),
+            "--out",
+            str(tmp_path / "o2"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "not trained on task 'PegInsertionSide-v1'" in result.stderr
+
+
+def test_protocol_seeds():
+    paper = EvaluateParams(episodes=125, seed_start=1000)
+    assert [s for s, _ in protocol_seeds(paper, None, None)] == list(range(1000, 1125))
+    assert protocol_seeds(paper, 1010, 5) == [(s, s) for s in range(1010, 1015)]
+    rdt = protocol_seeds(EvaluateParams(protocol="rdt"), None, None)
+    assert len(rdt) == 250 and rdt[0] == (20241201, 20241201) and rdt[25] == (20241226, 20241202)
+    with pytest.raises(Exception, match="outside the protocol"):
+        protocol_seeds(paper, 5, 1)
+
+
+def test_wilson_interval_known_values():
+    low, high = wilson_interval(125, 125)
+    assert high == 1.0 and abs(low - 0.9702) < 1e-3
+    low, high = wilson_interval(62, 125)
+    assert abs(low - 0.4097) < 1e-3 and abs(high - 0.5826) < 1e-3
+    assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -1,0 +1,51 @@
+"""params.yaml is validated as a whole: every problem names its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.params import ParamsError, load_params
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_repository_params_and_profiles_are_valid():
+    for path in [ROOT / "params.yaml", *sorted((ROOT / "profiles").glob("*.yaml"))]:
+        params = load_params(path)
+        assert params.tasks, path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("tasks: [PushCube-v1]\ncolect: {}\n", "colect"),
+        ("collect: {camera: {widht: 64}}\n", "collect.camera.widht"),
+        ("collect: {demos_per_task: -3}\n", "collect.demos_per_task"),
+        ("tasks: []\n", "tasks"),
+        ("tasks: [PushCube-v1, PushCube-v1]\n", "twice"),
+        ("model: {ablation: sideways}\n", "model.ablation"),
+        ("train: {lr: fast}\n", "train.lr"),
+        ("- just a list\n", "mapping"),
+        ("collect: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        load_params(path)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(ParamsError, match="does not exist"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_validated_too(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("tasks: [PushCube-v1]\n")
+    assert load_params(path, {"collect.workers": 3}).collect.workers == 3
+    with pytest.raises(ParamsError, match=r"collect\.workers"):
+        load_params(path, {"collect.workers": 0})

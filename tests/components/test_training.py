@@ -1,0 +1,120 @@
+"""pretrain/train: checkpoints, resume after a kill, MLflow runs, the baseline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from components.params import load_params
+from components.policy import load_policy
+from components.train import run
+from tests.components.conftest import write_params
+
+pytestmark = [pytest.mark.simulator, pytest.mark.slow]
+
+
+def _train_cmd(params, encoded, pretrained, tmp, name):
+    return [
+        sys.executable,
+        "-m",
+        "components.train",
+        "--params",
+        str(params),
+        "--encoded",
+        str(encoded),
+        "--pretrained",
+        str(pretrained),
+        "--out",
+        str(tmp / f"{name}_policy"),
+        "--checkpoints",
+        str(tmp / f"{name}_ckpt"),
+        "--metrics",
+        str(tmp / f"{name}.json"),
+        "--plots",
+        str(tmp / "plots"),
+        "--no-progress",
+    ]
+
+
+def test_train_writes_a_loadable_policy(encoded, pretrained, smoke_params, tmp_path):
+    params = load_params(smoke_params)
+    metrics = run(
+        "train",
+        params,
+        smoke_params,
+        encoded,
+        tmp_path / "policy",
+        tmp_path / "ckpt",
+        tmp_path / "m.json",
+        tmp_path / "plots",
+        pretrained,
+    )
+    policy = load_policy(tmp_path / "policy")
+    assert policy.tasks == params.tasks and policy.model.config.proprio_dim == 9
+    assert (tmp_path / "plots" / "train_loss.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name[0].isdigit()) == ["000003", "000006"]
+    assert os.readlink(tmp_path / "ckpt" / "last") == "000006"
+    import mlflow
+
+    run_info = mlflow.get_run(metrics["mlflow_run_id"])
+    assert run_info.data.tags["par.stage"] == "train" and "mlflow.parentRunId" in run_info.data.tags
+    assert "loss" in run_info.data.metrics and run_info.data.params["model.d_model"] == "128"
+
+
+def test_killed_training_resumes_to_the_same_weights(encoded, pretrained, tmp_path):
+    params = write_params(
+        tmp_path / "params.yaml",
+        train={"steps": 40, "batch_size": 4, "checkpoint_every": 10, "log_every": 5, "warmup_steps": 2},
+    )
+    reference = subprocess.run(_train_cmd(params, encoded, pretrained, tmp_path, "ref"), capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+
+    cmd = _train_cmd(params, encoded, pretrained, tmp_path, "kill")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "kill_ckpt" / "000010").exists():
+            assert proc.poll() is None and time.time() < deadline, "training ended before the kill"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (tmp_path / "kill_policy").exists()
+    first_run = torch.load(tmp_path / "kill_ckpt" / "last" / "training_state.pt", weights_only=False)["run_id"]
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming train from step" in resumed.stderr
+    assert json.loads((tmp_path / "kill.json").read_text())["mlflow_run_id"] == first_run
+
+    a = load_file(tmp_path / "ref_policy" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "kill_policy" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_behaviour_cloning_baseline_trains(encoded, tmp_path):
+    params_path = write_params(tmp_path / "params.yaml", model={"kind": "bc"})
+    params = load_params(params_path)
+    skipped = run(
+        "pretrain", params, params_path, encoded, tmp_path / "pre", tmp_path / "pc", tmp_path / "p.json", tmp_path
+    )
+    assert skipped == {"skipped": True} and (tmp_path / "pre" / "SKIPPED.json").is_file()
+    run("train", params, params_path, encoded, tmp_path / "policy", tmp_path / "ckpt", tmp_path / "m.json", tmp_path)
+    policy = load_policy(tmp_path / "policy")
+    assert type(policy.model).__name__ == "BCPolicy"
+
+
+def test_missing_pretrained_model_is_a_clear_error(encoded, smoke_params, tmp_path):
+    result = subprocess.run(
+        _train_cmd(smoke_params, encoded, tmp_path / "nowhere", tmp_path, "x"), capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "pretrained model" in result.stderr and "run pretrain first" in result.stderr
