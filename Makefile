@@ -6,15 +6,17 @@ PY := $(VENV)/bin/python
 export VK_ICD_FILENAMES := $(CURDIR)/.vulkan/lvp_icd.json
 export MS_SKIP_ASSET_DOWNLOAD_PROMPT := 1
 export PYTHONUNBUFFERED := 1
+# dvc.yaml's stages call `python`: the venv's.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup run test lint format bench demo lock
 
 setup:
 	@infra/local/setup.sh
 
-# The pipeline's main job (embedded defaults; no servers to start).
+# The pipeline's main job: `dvc repro` on params.yaml (embedded MLflow store, local DVC remote).
 run: setup
-	$(PY) -m par.demo --size tiny --steps 300
+	$(VENV)/bin/dvc repro
 
 # Lint, format check and the whole test suite (simulator and server tests included).
 test: setup

@@ -273,7 +273,21 @@ def main(argv: list[str] | None = None) -> None:
     )
     if args.metrics:
         write_json(args.metrics, metrics)
+    log_to_mlflow(args.params, args.task, args.model_uri, args.out, metrics)
     print(json.dumps(metrics))
+
+
+def log_to_mlflow(params_path: Path, task: str, model_uri: str, out: Path, metrics: dict[str, Any]) -> None:
+    """One MLflow run per evaluated task (shard): metrics, per-episode rows, videos."""
+    from components.tracking import stage_run
+
+    with stage_run(f"evaluate-{task}", params_path, tags={"par.task": task, "par.model_uri": model_uri}):
+        import mlflow
+
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        mlflow.log_artifact(str(out / "episodes.json"))
+        for video in sorted((out / "videos").glob("*.mp4")):
+            mlflow.log_artifact(str(video), "videos")
 
 
 if __name__ == "__main__":

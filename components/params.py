@@ -133,6 +133,22 @@ class EvaluateParams(Section):
     shards: PositiveInt = 1  # seed shards a task (parallel evaluation workers)
 
 
+class ScoreParams(Section):
+    horizon: PositiveInt = 8  # chunks predicted open loop from the first frame
+    videos: int = Field(default=2, ge=0)  # side-by-side videos a task
+
+
+class GateParams(Section):
+    model_name: str = "par-policy"
+    # A task passes when the lower end of its success_once Wilson 95% interval clears this.
+    min_wilson_low: dict[str, float] = {"PushCube-v1": 0.85}
+    default_min_wilson_low: float = Field(default=0.5, ge=0, le=1)
+    # The candidate may fall at most this far below the champion's success_once on any task.
+    max_regression: float = Field(default=0.05, ge=0, le=1)
+    # Exit non-zero when the gate refuses to promote (otherwise the refusal is reported only).
+    fail_on_refusal: bool = False
+
+
 class Params(Section):
     """The whole params.yaml. Sections of later stages are added as they land."""
 
@@ -144,6 +160,8 @@ class Params(Section):
     pretrain: PretrainParams = PretrainParams()
     train: OptimParams = OptimParams()
     evaluate: EvaluateParams = EvaluateParams()
+    score: ScoreParams = ScoreParams()
+    gate: GateParams = GateParams()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

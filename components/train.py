@@ -201,9 +201,10 @@ def run(
     missing = [t for t in tasks if t not in stats["tasks"]]
     if missing:
         raise ComponentError(f"tasks {missing} are not in the encoded data {encoded} (it has {stats['tasks']})")
+    optim: OptimParams = params.pretrain if mode == "pretrain" else params.train
+    torch.manual_seed(optim.seed)  # initial weights: part of "the same seed gives the same model"
     model = build_model(params.model, stats, tasks)
     config = model.config
-    optim: OptimParams = params.pretrain if mode == "pretrain" else params.train
     if mode == "pretrain" and (params.model.kind == "bc" or not params.pretrain.enabled):
         reason = "the baseline has no video mode" if params.model.kind == "bc" else "pretrain.enabled is false"
         with atomic_output(out) as tmp:

@@ -74,6 +74,10 @@ class Batch:
     def steps(self) -> int:
         return self.frames.shape[1] - 1
 
+    def to(self, device: torch.device | str) -> Batch:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return Batch(move(self.task), move(self.frames), move(self.proprio), move(self.actions))
+
     def slice_steps(self, steps: int) -> Batch:
         """The first ``steps`` steps (with their target frame)."""
         return Batch(
@@ -96,6 +100,10 @@ class NoiseDraw:
     frame_t: torch.Tensor
     action_noise: torch.Tensor | None = None
     action_t: torch.Tensor | None = None
+
+    def to(self, device: torch.device | str) -> NoiseDraw:
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return NoiseDraw(move(self.frame_noise), move(self.frame_t), move(self.action_noise), move(self.action_t))
 
     def slice_steps(self, start: int, stop: int) -> NoiseDraw:
         cut = slice(start, stop)

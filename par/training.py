@@ -32,6 +32,10 @@ class TrainConfig(BaseModel):
     seed: int = 0
     # Threads for torch on the CPU; 0 keeps torch's default.
     threads: int = Field(default=0, ge=0)
+    # "auto" picks CUDA when available. On a GPU, bf16 autocast is used (fp32 on the CPU,
+    # which has no fast bf16 units here). Data and noise are drawn on the CPU either way,
+    # so a run's randomness does not depend on the device.
+    device: str = "auto"
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -70,6 +74,10 @@ class Trainer:
         self.model, self.sampler, self.config = model, sampler, config
         if config.threads:
             torch.set_num_threads(config.threads)
+        self.device = torch.device(
+            ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
+        )
+        model.to(self.device)
         self.optimizer = make_optimizer(model, config)
         self.step = 0
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -81,7 +89,11 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         batch = self.sampler.sample(self.config.batch_size, self.generator)
-        out = self.model.loss(batch, generator=self.generator)
+        noise = self.model.draw_noise(batch, self.generator) if hasattr(self.model, "draw_noise") else None
+        batch = batch.to(self.device)
+        noise = noise.to(self.device) if noise is not None else None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            out = self.model.loss(batch, noise)
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)

@@ -128,7 +128,8 @@ class Transformer(nn.Module):
                 f"mask shape {tuple(mask.shape)} does not match {x.shape[1]} new tokens "
                 f"and {cache.length if cache else 0} cached ones"
             )
-        cos, sin = self.rotary.cos_sin(positions)
+        cos, sin = self.rotary.cos_sin(positions.to(x.device))
+        mask = mask.to(x.device)
         for i, block in enumerate(self.blocks):
             x = block(x, cos, sin, mask, cache, i)
         return self.norm(x)

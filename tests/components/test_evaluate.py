@@ -144,3 +144,16 @@ def test_wilson_interval_known_values():
     low, high = wilson_interval(62, 125)
     assert abs(low - 0.4097) < 1e-3 and abs(high - 0.5826) < 1e-3
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_score_video_prediction_per_horizon(policy_dir, encoded, demos, tmp_path):
+    from components.score import save_metric_plot, score
+
+    metrics = score(load_policy(policy_dir), encoded, demos, ["PushCube-v1", "StackCube-v1"], tmp_path / "s", 3, 1)
+    push = metrics["per_task"]["PushCube-v1"]
+    assert push["episodes"] == 1 and len(push["psnr_per_step"]) == 3 and len(push["ssim_per_step"]) == 3
+    assert all(0 < v < 100 for v in push["psnr_per_step"]) and len(push["action_mae_per_step"]) == 3
+    assert "psnr" in metrics and "action_mae" in metrics
+    assert len(list((tmp_path / "s" / "videos").glob("*.mp4"))) == 2
+    save_metric_plot(metrics, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 0

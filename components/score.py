@@ -1,0 +1,206 @@
+"""score: video prediction of a policy's model on held-out demonstrations.
+
+    python -m components.score --params params.yaml --model-uri data/policy --encoded data/encoded \\
+        --demos-root data/demos --out data/score --metrics metrics/score.json --plots plots/score
+
+For every held-out episode (encode's ``holdout``): start from its first real frame
+and, step by step, feed the demo's true action chunk (and qpos), let the model
+predict the next frame, and feed the *prediction* back (open loop). Before each
+chunk is fed, the model also proposes its own chunk, compared with the demo's.
+Reported per horizon step (1 = one chunk ahead): PSNR and SSIM of the decoded
+prediction against the real frame, plus the action error. Side-by-side videos
+(predicted | real) and a per-step plot are written and logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.common import ComponentError, atomic_output, log, run_cli, write_json
+from components.dataset import read_demo, read_manifest
+from components.latents import load_task_arrays
+from components.metrics import psnr, ssim
+from components.params import load_params
+from components.policy import Policy
+from par.baseline import BCPolicy
+from par.sampling import rollout_for
+
+
+def score_episode(
+    policy: Policy,
+    task_id: int,
+    latents: torch.Tensor,
+    actions: np.ndarray,
+    qpos: np.ndarray,
+    frames: np.ndarray,
+    horizon: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Open-loop prediction of one episode: per-step metrics and the two frame rows."""
+    model = policy.model
+    L = model.config.chunk_len
+    T = len(actions)
+    steps = min(horizon, T // L)
+    rollout = rollout_for(model, torch.tensor([task_id]), torch.Generator().manual_seed(seed))
+    predicts_frames = not isinstance(model, BCPolicy)
+    frame = latents[0:1]
+    predicted, real, action_err = [], [], []
+    for t in range(steps):
+        q = policy.normalize_qpos(qpos[t * L][None]) if model.config.proprio_dim else None
+        rollout.observe(frame, q)
+        proposal = policy.denormalize_actions(rollout.sample_actions()[0])
+        true_chunk = actions[t * L : (t + 1) * L]
+        action_err.append(float(np.abs(proposal - true_chunk).mean()))
+        chunk = torch.from_numpy(np.clip(policy.actions.encode(true_chunk), -1, 1))[None]
+        rollout.commit_actions(chunk)
+        if predicts_frames:
+            frame = rollout.predict_frame()  # the prediction goes back in: open loop
+            predicted.append(frame)
+            real.append(frames[(t + 1) * L])
+    result: dict[str, Any] = {"steps": steps, "action_mae": action_err}
+    if predicted:
+        pred_images = policy.decode_latents(torch.cat(predicted))
+        real_images = torch.from_numpy(np.stack(real)).permute(0, 3, 1, 2).float() / 255
+        result["psnr"] = psnr(pred_images, real_images).tolist()
+        result["ssim"] = ssim(pred_images, real_images).tolist()
+        result["pred_images"], result["real_images"] = pred_images, real_images
+    return result
+
+
+def per_step_mean(rows: list[list[float]]) -> list[float]:
+    horizon = max((len(r) for r in rows), default=0)
+    return [float(np.mean([r[h] for r in rows if len(r) > h])) for h in range(horizon)]
+
+
+def save_side_by_side(pred: torch.Tensor, real: torch.Tensor, path: Path, fps: int = 4) -> None:
+    import imageio.v2 as imageio
+
+    frames = torch.cat([pred, real], dim=3).permute(0, 2, 3, 1).mul(255).round().byte().numpy()
+    frames = frames.repeat(4, axis=1).repeat(4, axis=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimsave(path, list(frames), fps=fps, macro_block_size=1)
+
+
+def save_metric_plot(metrics: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key, label in zip(axes, ("psnr", "ssim", "action_mae"), ("PSNR (dB)", "SSIM", "action MAE"), strict=True):
+        for task, values in metrics["per_task"].items():
+            series = values.get(f"{key}_per_step") or []
+            if series:
+                ax.plot(range(1, len(series) + 1), series, marker="o", label=task)
+        ax.set_xlabel("horizon (chunks ahead)")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def score(
+    policy: Policy, encoded: Path, demos_root: Path, tasks: list[str], out: Path, horizon: int, videos: int
+) -> dict[str, Any]:
+    per_task: dict[str, Any] = {}
+    with atomic_output(out) as tmp:
+        for task in tasks:
+            arrays = load_task_arrays(encoded, task)
+            manifest = read_manifest(demos_root / task)
+            by_seed = {e["seed"]: (i, e) for i, e in enumerate(manifest["episodes"])}
+            fo, ao = arrays["frame_offsets"], arrays["action_offsets"]
+            rows = []
+            for e in np.flatnonzero(arrays["holdout"]):
+                seed = int(arrays["seeds"][e])
+                if seed not in by_seed:
+                    raise ComponentError(f"held-out episode with seed {seed} is not in {demos_root / task}")
+                demo = read_demo(demos_root / task, *by_seed[seed])
+                result = score_episode(
+                    policy,
+                    policy.task_id(task),
+                    torch.from_numpy(arrays["latents"][fo[e] : fo[e + 1]]),
+                    arrays["actions"][ao[e] : ao[e + 1]],
+                    arrays["qpos"][fo[e] : fo[e + 1]],
+                    demo.frames,
+                    horizon,
+                    seed,
+                )
+                if "pred_images" in result and len(rows) < videos:
+                    save_side_by_side(
+                        result["pred_images"], result["real_images"], tmp / "videos" / f"{task}_seed{seed}.mp4"
+                    )
+                result.pop("pred_images", None)
+                result.pop("real_images", None)
+                rows.append({"seed": seed, **result})
+            if not rows:
+                raise ComponentError(f"no held-out episodes of {task} in {encoded} (encode.holdout_episodes is 0?)")
+            summary: dict[str, Any] = {
+                "episodes": len(rows),
+                "action_mae_per_step": per_step_mean([r["action_mae"] for r in rows]),
+            }
+            summary["action_mae"] = float(np.mean(summary["action_mae_per_step"]))
+            if "psnr" in rows[0]:
+                summary["psnr_per_step"] = per_step_mean([r["psnr"] for r in rows])
+                summary["ssim_per_step"] = per_step_mean([r["ssim"] for r in rows])
+                summary["psnr"] = float(np.mean(summary["psnr_per_step"]))
+                summary["ssim"] = float(np.mean(summary["ssim_per_step"]))
+            per_task[task] = summary
+            write_json(tmp / f"{task}.json", rows)
+    metrics = {"horizon": horizon, "per_task": per_task}
+    for key in ("psnr", "ssim", "action_mae"):
+        values = [v[key] for v in per_task.values() if key in v]
+        if values:
+            metrics[key] = round(float(np.mean(values)), 4)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml", type=Path)
+    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--encoded", required=True, type=Path)
+    parser.add_argument("--demos-root", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--metrics", required=True, type=Path)
+    parser.add_argument("--plots", required=True, type=Path)
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    from components.registry import resolve_policy
+    from components.tracking import stage_run
+
+    policy = resolve_policy(args.model_uri)
+    metrics = score(
+        policy, args.encoded, args.demos_root, list(params.tasks), args.out, params.score.horizon, params.score.videos
+    )
+    plot = args.plots / "score_per_step.png"
+    save_metric_plot(metrics, plot)
+    write_json(args.metrics, metrics)
+    with stage_run("score", args.params) as _:
+        import mlflow
+
+        flat = {
+            f"{task}.{k}": v for task, m in metrics["per_task"].items() for k, v in m.items() if "per_step" not in k
+        }
+        mlflow.log_metrics({k: float(v) for k, v in flat.items()})
+        for task, m in metrics["per_task"].items():
+            for key in ("psnr_per_step", "ssim_per_step", "action_mae_per_step"):
+                for h, value in enumerate(m.get(key, []), start=1):
+                    mlflow.log_metric(f"{task}.{key[:-9]}_by_horizon", value, step=h)
+        mlflow.log_artifact(str(plot), "plots")
+        for video in sorted((args.out / "videos").glob("*.mp4")):
+            mlflow.log_artifact(str(video), "videos")
+    log.info("video prediction: %s", json.dumps({k: v for k, v in metrics.items() if k != "per_task"}))
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
