@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -56,7 +57,7 @@ def test_training_dag_structure(tmp_path):
     dag = parse(tmp_path)["dags"]["par_training"]
     t = dag["tasks"]
     chain = ["collect", "validate", "encode", "pretrain", "train"]
-    for upstream, downstream in zip(chain, chain[1:], strict=False):
+    for upstream, downstream in itertools.pairwise(chain):
         assert downstream in t[upstream], (upstream, downstream)
     assert {"evaluate", "score"} <= set(t["train"])
     assert "merge" in t["evaluate"] and "gate" in t["merge"] and "gate" in t["score"]
