@@ -173,8 +173,11 @@ def build_plan(runner: str, python: str, ui: dict[str, Any], run_id: str) -> dic
     folder = run_folder(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     params_file = folder / "params.yaml"
-    params_file.write_text(yaml.safe_dump(run_params(ui), sort_keys=False))
-    params = load_params(params_file)  # a bad value from the form fails here, by name
+    from components.params import materialize
+
+    # Complete and validated: a bad value from the trigger form fails here, by name.
+    params_file.write_text(yaml.safe_dump(materialize(run_params(ui), "the run's parameters"), sort_keys=False))
+    params = load_params(params_file)
     f = str(folder)
 
     def c(name: str, *args: str) -> Any:

@@ -107,6 +107,7 @@ class OptimParams(Section):
     grad_clip: float = Field(default=1.0, gt=0)
     seed: int = 0
     threads: int = Field(default=0, ge=0)
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)  # weight averaging; 0 disables it
     checkpoint_every: PositiveInt = 500
     log_every: PositiveInt = 25
 
@@ -183,6 +184,19 @@ class ParamsError(ValueError):
     """params.yaml is missing, unreadable or invalid; the message names the key."""
 
 
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors())
+
+
+def materialize(data: dict[str, Any], source: str = "params") -> dict[str, Any]:
+    """Validate a (partial) params mapping and return it complete, every default written
+    out: DVC needs each parameter a stage declares to be present in params.yaml."""
+    try:
+        return Params.model_validate(data).model_dump(mode="json", by_alias=True)
+    except ValidationError as exc:
+        raise ParamsError(f"{source} is invalid: {_problems(exc)}") from exc
+
+
 def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Params:
     """Read and validate a params file; ``overrides`` are dotted keys (``collect.workers``)."""
     path = Path(path)
@@ -203,7 +217,28 @@ def load_params(path: str | Path, overrides: dict[str, Any] | None = None) -> Pa
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-        )
-        raise ParamsError(f"params file {path} is invalid: {problems}") from exc
+        raise ParamsError(f"params file {path} is invalid: {_problems(exc)}") from exc
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write a complete params file from a profile (or check one):
+
+    python -m components.params profiles/all-tasks.yaml --out params.yaml
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("profile", type=Path, help="a params or profile YAML file (partial is fine)")
+    parser.add_argument("--out", type=Path, help="where to write the complete file (default: only validate)")
+    args = parser.parse_args(argv)
+    params = load_params(args.profile)
+    if args.out:
+        header = f"# Complete params written by `python -m components.params {args.profile}`; edit freely.\n"
+        args.out.write_text(header + yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False))
+    print(f"{args.profile}: valid ({', '.join(params.tasks)})")
+
+
+if __name__ == "__main__":
+    from components.common import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -180,6 +180,43 @@ def save_loss_plot(history: list[dict[str, float]], path: Path, title: str) -> N
     plt.close(fig)
 
 
+@torch.no_grad()
+def frame_strip(
+    model: PAR, vae_dir: Path, stats: dict[str, Any], episode: Episode, path: Path, video: bool, steps: int = 6
+) -> None:
+    """Real frames (top) and one-step predictions from real context (bottom) of an episode."""
+    from diffusers import AutoencoderKL
+
+    from components.encode import save_grid
+    from par.sampling import Rollout
+
+    was_training = model.training
+    c = model.config
+    vae = AutoencoderKL.from_pretrained(vae_dir).eval()
+    mean = torch.tensor(stats["latent_mean"])[:, None, None]
+    std = torch.tensor(stats["latent_std"])[:, None, None]
+    rollout = Rollout(model, torch.tensor([episode.task]), torch.Generator().manual_seed(0), video=video)
+    real, predicted = [], []
+    for t in range(steps):
+        i = min(t * c.chunk_len, episode.length)
+        if i + c.chunk_len > episode.length:
+            break
+        proprio = None if episode.proprio is None or not c.proprio_dim or video else episode.proprio[i][None]
+        rollout.observe(episode.latents[i][None], proprio)
+        if not video:
+            rollout.commit_actions(episode.actions[i : i + c.chunk_len][None])
+        predicted.append(rollout.predict_frame())
+        real.append(episode.latents[i + c.chunk_len][None])
+
+    def decode(latents: list[torch.Tensor]) -> torch.Tensor:
+        z = torch.cat(latents) * std + mean
+        return ((vae.decode(z).sample + 1) / 2).clamp(0, 1)
+
+    if real:
+        save_grid(decode(real), decode(predicted), path)
+    model.train(was_training)
+
+
 def run(
     mode: Mode,
     params: Params,
@@ -310,6 +347,11 @@ def run(
             target = min(optim.steps, (trainer.step // optim.checkpoint_every + 1) * optim.checkpoint_every)
             trainer.run(until=target, on_step=on_step)
             store.save(model, trainer, mlrun.info.run_id)
+            if isinstance(model, PAR):  # predicted vs real frames at every eval point
+                strip = plots / f"{mode}_frames_step{trainer.step:06d}.png"
+                frame_strip(model.cpu(), encoded / "vae", stats, episodes[0], strip, video=mode == "pretrain")
+                model.to(trainer.device)
+                mlflow.log_artifact(str(strip), "frames")
         bar.close()
         seconds = time.perf_counter() - started
 
@@ -327,6 +369,7 @@ def run(
             "mlflow_run_id": mlrun.info.run_id,
         }
         write_json(metrics_path, metrics)
+        model.cpu().load_state_dict(trainer.averaged_state_dict())  # act and predict with the EMA weights
         with atomic_output(out) as tmp:
             if mode == "pretrain":
                 save_model(model, tmp / "model")

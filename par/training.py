@@ -36,6 +36,9 @@ class TrainConfig(BaseModel):
     # which has no fast bf16 units here). Data and noise are drawn on the CPU either way,
     # so a run's randomness does not depend on the device.
     device: str = "auto"
+    # Exponential moving average of the weights (0 disables it); the EMA weights are the
+    # ones a caller should save and act with. Warm-up: decay min(ema, (1 + s) / (10 + s)).
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -81,6 +84,9 @@ class Trainer:
         self.optimizer = make_optimizer(model, config)
         self.step = 0
         self.generator = torch.Generator().manual_seed(config.seed)
+        self.ema: dict[str, torch.Tensor] | None = (
+            {k: v.detach().clone() for k, v in model.state_dict().items()} if config.ema_decay > 0 else None
+        )
 
     def train_step(self) -> StepResult:
         start = time.perf_counter()
@@ -98,8 +104,25 @@ class Trainer:
         out.total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
+        self._update_ema()
         self.step += 1
         return StepResult(self.step, out, lr, time.perf_counter() - start, float(grad_norm))
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for name, value in self.model.state_dict().items():
+            if value.dtype.is_floating_point:
+                self.ema[name].mul_(decay).add_(value.detach(), alpha=1 - decay)
+            else:
+                self.ema[name].copy_(value)
+
+    def averaged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The EMA weights (or the raw ones when EMA is off), on the CPU."""
+        source = self.ema if self.ema is not None else self.model.state_dict()
+        return {k: v.detach().cpu().clone() for k, v in source.items()}
 
     def run(self, until: int | None = None, on_step: Callable[[StepResult], None] | None = None) -> None:
         """Train until ``until`` steps (default: the config's total)."""
@@ -116,9 +139,12 @@ class Trainer:
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
+            "ema": None if self.ema is None else {k: v.cpu() for k, v in self.ema.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}

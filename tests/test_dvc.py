@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.params import materialize
 from tests.servers import mlflow_server, moto_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,8 @@ def project_copy(tmp: Path, params: dict | None = None) -> Path:
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     shutil.copytree(ROOT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "par", repo / "par", ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "params.yaml").write_text(yaml.safe_dump(params) if params else (ROOT / "params.yaml").read_text())
+    text = yaml.safe_dump(materialize(params)) if params else (ROOT / "params.yaml").read_text()
+    (repo / "params.yaml").write_text(text)
     sh("git", "init", "-q", cwd=repo)
     sh("git", "add", "-A", cwd=repo)
     sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=repo)
@@ -72,10 +74,10 @@ def test_s3_remote_push_wipe_pull_gives_identical_data(tmp_path):
         ).create_bucket(Bucket="par-pipeline")
         sh(DVC, "add", "data/demos/Fake-v1", cwd=repo, env=env)
         sh(DVC, "remote", "modify", "--local", "s3", "endpointurl", endpoint, cwd=repo, env=env)
-        sh(DVC, "push", "-r", "s3", cwd=repo, env=env)
+        sh(DVC, "push", "-r", "s3", "data/demos/Fake-v1.dvc", cwd=repo, env=env)
         shutil.rmtree(repo / ".dvc" / "cache")
         shutil.rmtree(data)
-        sh(DVC, "pull", "-r", "s3", cwd=repo, env=env)
+        sh(DVC, "pull", "-r", "s3", "data/demos/Fake-v1.dvc", cwd=repo, env=env)
         objects = boto3.client(
             "s3",
             endpoint_url=endpoint,
@@ -117,7 +119,7 @@ def test_smoke_pipeline_with_dvc_repro_against_mlflow_server(tmp_path):
         assert len(parents) == 1  # every stage nests under one pipeline run
 
         params["score"] = {"horizon": 2, "videos": 1}
-        (repo / "params.yaml").write_text(yaml.safe_dump(params))
+        (repo / "params.yaml").write_text(yaml.safe_dump(materialize(params)))
         second = sh(DVC, "repro", cwd=repo, env=env).stdout
     assert "Running stage 'score'" in second and "Running stage 'gate'" in second
     for stage in ("collect@PushCube-v1", "validate@PushCube-v1", "encode", "pretrain", "train", "evaluate@PushCube-v1"):

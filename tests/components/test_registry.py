@@ -118,3 +118,73 @@ def test_gate_promote_rollback_cycle(tracking, policy_dir, tmp_path):
     # 6. The champion resolves from the registry as a policy.
     policy = resolve_policy("models:/par-test@champion")
     assert policy.tasks == tasks
+
+
+def test_nightly_regression_check(tracking, policy_dir, tmp_path):
+    """A champion that now does worse than its recorded interval fails loudly; an honest one passes."""
+    import http.server
+    import threading
+
+    gate = {"model_name": "par-nightly", "min_wilson_low": {}, "default_min_wilson_low": 0.0}
+    params = write_params(tmp_path / "params.yaml", tasks=["PushCube-v1"], gate=gate)
+    recorded = _eval_root(tmp_path / "promoted", {"PushCube-v1": 0.96})
+    assert _gate(params, policy_dir, recorded, tmp_path / "g.json").returncode == 0
+
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    hook = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    try:
+        fresh = _eval_root(tmp_path / "tonight", {"PushCube-v1": 0.72})
+        bad = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "components.regression",
+                "--params",
+                str(params),
+                "--eval-root",
+                str(fresh),
+                "--out",
+                str(tmp_path / "r.json"),
+                "--webhook-url",
+                f"http://127.0.0.1:{hook.server_port}/alert",
+            ],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        hook.shutdown()
+    assert bad.returncode == 1
+    assert "PushCube-v1: success_once fell from 0.960" in bad.stderr and "to 0.720" in bad.stderr
+    assert received and "PushCube-v1" in received[0]["text"]
+    registry = Registry("par-nightly")
+    assert registry.tags("1")["par.nightly.status"] == "regressed"
+
+    honest = _eval_root(tmp_path / "honest", {"PushCube-v1": 0.95})
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "components.regression",
+            "--params",
+            str(params),
+            "--eval-root",
+            str(honest),
+            "--out",
+            str(tmp_path / "r2.json"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert registry.tags("1")["par.nightly.status"] == "ok"

@@ -72,7 +72,7 @@ def test_train_writes_a_loadable_policy(encoded, pretrained, smoke_params, tmp_p
 def test_killed_training_resumes_to_the_same_weights(encoded, pretrained, tmp_path):
     params = write_params(
         tmp_path / "params.yaml",
-        train={"steps": 40, "batch_size": 4, "checkpoint_every": 10, "log_every": 5, "warmup_steps": 2},
+        train={"steps": 24, "batch_size": 4, "checkpoint_every": 6, "log_every": 3, "warmup_steps": 2},
     )
     reference = subprocess.run(_train_cmd(params, encoded, pretrained, tmp_path, "ref"), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr
@@ -81,7 +81,7 @@ def test_killed_training_resumes_to_the_same_weights(encoded, pretrained, tmp_pa
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
-        while not (tmp_path / "kill_ckpt" / "000010").exists():
+        while not (tmp_path / "kill_ckpt" / "000006").exists():
             assert proc.poll() is None and time.time() < deadline, "training ended before the kill"
             time.sleep(0.05)
     finally:
