@@ -8,6 +8,7 @@ same control mode, same robot, same simulation backend.
 from __future__ import annotations
 
 import logging
+import urllib.error
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ def make_env(task: str, kwargs: dict[str, Any]):
         raise ComponentError(f"unknown ManiSkill task {task!r}")
     try:
         return gym.make(task, **kwargs)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, urllib.error.URLError) as exc:
         raise ComponentError(
             f"task {task} needs assets that are not on this machine and cannot be downloaded here "
             f"(run `python -m mani_skill.utils.download_asset {task}` where a network is available): {exc}"

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
+from par.config import TrainConfig
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -95,19 +97,13 @@ class ModelParams(Section):
     overrides: dict[str, Any] = {}
 
 
-class OptimParams(Section):
-    """One training stage's optimisation (maps onto par.training.TrainConfig)."""
+class OptimParams(TrainConfig):
+    """One training stage: par.training.TrainConfig (its fields and checks) plus the
+    pipeline's checkpoint and logging cadence; defaults tuned for PAR-tiny on a CPU."""
 
     steps: PositiveInt = 2000
-    batch_size: PositiveInt = 32
     lr: float = Field(default=1e-3, gt=0)
     min_lr_ratio: float = Field(default=0.05, ge=0, le=1)
-    warmup_steps: int = Field(default=100, ge=0)
-    weight_decay: float = Field(default=0.05, ge=0)
-    grad_clip: float = Field(default=1.0, gt=0)
-    seed: int = 0
-    threads: int = Field(default=0, ge=0)
-    ema_decay: float = Field(default=0.999, ge=0, lt=1)  # weight averaging; 0 disables it
     checkpoint_every: PositiveInt = 500
     log_every: PositiveInt = 25
 
@@ -116,7 +112,7 @@ class PretrainParams(OptimParams):
     enabled: bool = True
     # Extra frame-only data: folders written by encode (their latents/<task>.npz are used
     # as video whatever their actions), e.g. rollouts of other tasks.
-    extra_latents: list[str] = []
+    extra_latents: list[str] = Field(default_factory=list)
 
 
 class EvaluateParams(Section):

@@ -143,6 +143,28 @@ class ModelConfig(_Frozen):
         return 1 if self.no_ar else self.context_steps
 
 
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    steps: PositiveInt = 1000
+    batch_size: PositiveInt = 32
+    lr: float = Field(default=3e-4, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=100, ge=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    grad_clip: float = Field(default=1.0, gt=0)
+    seed: int = 0
+    # Threads for torch on the CPU; 0 keeps torch's default.
+    threads: int = Field(default=0, ge=0)
+    # "auto" picks CUDA when available. On a GPU, bf16 autocast is used (fp32 on the CPU,
+    # which has no fast bf16 units here). Data and noise are drawn on the CPU either way,
+    # so a run's randomness does not depend on the device.
+    device: str = "auto"
+    # Exponential moving average of the weights (0 disables it); the EMA weights are the
+    # ones a caller should save and act with. Warm-up: decay min(ema, (1 + s) / (10 + s)).
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+
+
 # Named sizes. ``tiny`` trains in minutes on a 2-core CPU; ``small`` is an hour-scale
 # CPU run; ``base`` is meant for one GPU; ``paper`` reproduces the paper's context
 # layout (256 instruction tokens + 5 steps x (360 frame + 8 action tokens), with one

@@ -140,3 +140,13 @@ def test_task_without_planner_is_a_clear_error(tmp_path, smoke_params):
     assert result.returncode == 2
     assert "has no motion-planning solution" in result.stderr and "OpenCabinetDrawer-v1" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_task_needing_asset_download_is_a_clear_error():
+    """Offline, a task whose assets are absent fails with a message naming the task, not a traceback."""
+    from components.common import ComponentError
+    from components.maniskill import env_kwargs, make_env
+    from components.params import CameraParams
+
+    with pytest.raises(ComponentError, match="PickSingleYCB-v1 needs assets"):
+        make_env("PickSingleYCB-v1", env_kwargs("pd_joint_pos", CameraParams(), "panda", "physx_cpu", 50))
