@@ -265,7 +265,8 @@ def run(
                 f"pretrained model {pretrained} not found: run pretrain first, or set model.ablation: no_video_pretrain"
             )
         load_report = load_pretrained(model, pretrained / "model")
-        init = f"video-pretrained:{(pretrained / 'model' / 'model.safetensors').stat().st_size}"
+        weights = (pretrained / "model" / "model.safetensors").read_bytes()
+        init = f"video-pretrained:{hashlib.sha256(weights).hexdigest()[:16]}"
         log.info("video-pretrained weights: %s", load_report.summary())
     trainer = Trainer(model, sampler, train_config(optim))
     store = CheckpointStore(checkpoints, fingerprint(mode, config, optim, tasks, stats, init))
