@@ -20,6 +20,7 @@ run: setup
 
 # Lint, format check and the whole test suite (simulator and server tests included).
 test: setup
+	@infra/local/test-tools.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -45,6 +45,7 @@ def timed(cmd: list[str], cwd: Path) -> dict[str, float]:
 
 def maniskill_route(task: str, demos: int, work: Path) -> dict[str, float]:
     """ManiSkill's own planner script, then its replay tool to one 64x64 camera."""
+    work.mkdir(parents=True, exist_ok=True)
     plan = timed(
         [
             PY,

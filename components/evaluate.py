@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from components.common import ComponentError, atomic_output, log, read_json, run_cli, write_json
-from components.maniskill import frame_of, make_env, qpos_of, scalar
+from components.maniskill import frame_of, make_env, qpos_of, scalar, step_unobserved
 from components.metrics import wilson_interval
 from components.params import EvaluateParams, load_params
 from components.policy import Policy
@@ -63,6 +63,7 @@ def run_episode(
     max_steps: int,
     record: bool,
     action_steps: int | None = None,
+    action_samples: int = 1,
 ) -> dict[str, Any]:
     """One closed-loop episode; returns its row (and frames when ``record``)."""
     obs, _ = env.reset(seed=env_seed)
@@ -71,9 +72,11 @@ def run_episode(
         torch.tensor([task_id]),
         torch.Generator().manual_seed(policy_seed),
         action_steps=action_steps,
+        action_samples=action_samples,
     )
     frames = [frame_of(obs, camera)] if record else []
     success_once, success, steps, failure = False, False, 0, ""
+    first_success: int | None = None
     policy_seconds = 0.0
     while steps < max_steps:
         started = time.perf_counter()
@@ -87,10 +90,17 @@ def run_episode(
         if not np.isfinite(actions).all():
             failure = "policy emitted non-finite actions"
             break
-        for action in actions:
-            obs, _, _, _, info = env.step(action)  # terminations ignored: run to max_steps
+        for k, action in enumerate(actions):
+            # Terminations ignored: run to max_steps. Only the frame after the chunk is
+            # looked at (or every frame of a recorded episode): render only those.
+            if record or k == len(actions) - 1:
+                obs, _, _, _, info = env.step(action)
+            else:
+                info = step_unobserved(env, action)
             steps += 1
             success = bool(scalar(info["success"]))
+            if success and first_success is None:
+                first_success = steps
             success_once |= success
             if record:
                 frames.append(frame_of(obs, camera))
@@ -102,6 +112,7 @@ def run_episode(
         "success_once": success_once,
         "success_at_end": success and not failure,
         "steps": steps,
+        "first_success_step": first_success,
         "policy_seconds": round(policy_seconds, 3),
         "failure": failure,
     }
@@ -183,6 +194,7 @@ def evaluate(
                     max_steps,
                     record,
                     params.action_sampling_steps,
+                    params.action_samples,
                 )
                 if record:
                     write_video(row.pop("frames"), tmp / "videos" / f"{task}_seed{env_seed}.mp4")

@@ -127,6 +127,8 @@ class EvaluateParams(Section):
     default_max_episode_steps: PositiveInt = 200
     videos: int = Field(default=3, ge=0)  # episodes a task recorded as mp4
     action_sampling_steps: PositiveInt | None = None  # DDIM steps; None = the model's default
+    # Chunks drawn per decision (one batched call); the medoid is executed (par.sampling).
+    action_samples: PositiveInt = 1
     shards: PositiveInt = 1  # seed shards a task (parallel evaluation workers)
 
 

@@ -41,11 +41,17 @@ class Rollout:
         video: bool = False,
         action_steps: int | None = None,
         frame_steps: int | None = None,
+        action_samples: int = 1,
     ) -> None:
         """``video``: frame-only rollout (a video-pretrained model predicting frames).
 
         ``action_steps`` / ``frame_steps`` override the samplers' inference steps.
+        ``action_samples`` > 1 draws that many chunks in one batched call and keeps
+        the medoid (the draw closest to all the others): a mode-seeking choice that,
+        unlike their mean, never blends two different ways of acting.
         """
+        if action_samples < 1:
+            raise ValueError(f"action_samples must be at least 1, got {action_samples}")
         self.model = model.eval()
         self.config = model.config
         self.task = task
@@ -54,6 +60,7 @@ class Rollout:
         self.use_cache = use_cache
         self.video = video
         self.action_steps, self.frame_steps = action_steps, frame_steps
+        self.action_samples = action_samples
         self.history: list[dict[str, torch.Tensor | None]] = []
         self.window_start = 0
         self._reset_context()
@@ -147,7 +154,15 @@ class Rollout:
         if self._h_prefix is None or self.history[-1]["actions"] is not None:
             raise RuntimeError("sample_actions() needs a frame: call observe() first")
         if not self.model.discrete:
-            return self.model.sample_actions_diffusion(self._h_prefix, self.generator, self.action_steps)
+            k = self.action_samples
+            if k == 1:
+                return self.model.sample_actions_diffusion(self._h_prefix, self.generator, self.action_steps)
+            draws = self.model.sample_actions_diffusion(
+                self._h_prefix.repeat_interleave(k, dim=0), self.generator, self.action_steps
+            ).unflatten(0, (self.batch, k))  # (B, K, L, A)
+            flat = draws.flatten(2)
+            medoid = torch.cdist(flat, flat).sum(dim=-1).argmin(dim=-1)  # (B,)
+            return draws[torch.arange(self.batch), medoid]
         # Discrete: decode a[0..L-1] one token at a time, then drop the scratch tokens.
         length = self.context_length
         slot = len(self.history) - 1 - self.window_start

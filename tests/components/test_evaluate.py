@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from safetensors.torch import load_file, save_file
 
@@ -157,3 +158,32 @@ def test_score_video_prediction_per_horizon(policy_dir, encoded, demos, tmp_path
     assert len(list((tmp_path / "s" / "videos").glob("*.mp4"))) == 2
     save_metric_plot(metrics, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_unrendered_steps_reach_the_same_state_as_env_step():
+    """Evaluation renders only the frame after each chunk: the state, the info and the
+    frame it then sees must be those of stepping with ``env.step`` throughout."""
+    from components.maniskill import env_kwargs, frame_of, make_env, qpos_of, step_unobserved
+    from components.params import CameraParams
+
+    kwargs = env_kwargs("pd_joint_pos", CameraParams(width=64, height=64), "panda", "physx_cpu", 50)
+    envs = [make_env("PushCube-v1", kwargs) for _ in range(2)]
+    try:
+        for env in envs:
+            env.reset(seed=7)
+        rng = np.random.default_rng(0)
+        actions = rng.uniform(-0.3, 0.3, size=(2, 8, 8)).astype(np.float32)
+        actions[..., -1] = 1.0
+        for chunk in actions:
+            for action in chunk:
+                full_obs, _, _, _, full_info = envs[0].step(action)
+            for action in chunk[:-1]:
+                step_unobserved(envs[1], action)
+            fast_obs, _, _, _, fast_info = envs[1].step(chunk[-1])
+            np.testing.assert_array_equal(qpos_of(fast_obs), qpos_of(full_obs))
+            np.testing.assert_array_equal(frame_of(fast_obs, "base_camera"), frame_of(full_obs, "base_camera"))
+            assert bool(fast_info["success"]) == bool(full_info["success"])
+            assert int(fast_info["elapsed_steps"]) == int(full_info["elapsed_steps"])
+    finally:
+        for env in envs:
+            env.close()

@@ -94,3 +94,25 @@ def test_rollout_rejects_misuse():
         rollout.predict_frame()
     with pytest.raises(RuntimeError, match="without commit_actions"):
         rollout.observe(batch.frames[:, 1], batch.proprio[:, 1])
+
+
+def test_several_action_draws_keep_the_medoid():
+    """``action_samples=K`` executes one of the K draws: the one closest to the others."""
+    config = tiny_config()
+    model = PAR(config).eval()
+    episode = random_batch(config, batch=2, steps=2)
+    rollout = Rollout(model, episode.task, torch.Generator().manual_seed(3), action_samples=5)
+    rollout.observe(episode.frames[:, 0], episode.proprio[:, 0])
+    chosen = rollout.sample_actions()
+    # The same draws, by hand: the same generator state, the prefix repeated 5 times.
+    draws = model.sample_actions_diffusion(
+        rollout._h_prefix.repeat_interleave(5, dim=0), torch.Generator().manual_seed(3)
+    ).unflatten(0, (2, 5))
+    assert chosen.shape == (2, config.chunk_len, config.action_dim)
+    for b in range(2):
+        flat = draws[b].flatten(1)
+        total = torch.cdist(flat, flat).sum(dim=-1)
+        torch.testing.assert_close(chosen[b], draws[b, total.argmin()])
+        assert total.argmin() != total.argmax()
+    with pytest.raises(ValueError, match="action_samples"):
+        Rollout(model, episode.task, action_samples=0)
