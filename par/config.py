@@ -29,6 +29,11 @@ class DiffusionConfig(_Frozen):
     timesteps_per_token: PositiveInt = 4
     # Samples are clipped to [-clip, clip] while sampling; None disables clipping.
     clip_sample: float | None = Field(default=None, gt=0)
+    # Where the sampler's timesteps sit. "trailing" starts at the last training step,
+    # where squaredcos_cap_v2 leaves almost no signal (alpha_bar ~ 0): an epsilon
+    # model's first x0 estimate is then divided by ~0 and blows up. "leading" starts
+    # one stride earlier (alpha_bar 0.006 at t=950 of 1000), as DDIM is usually run.
+    timestep_spacing: Literal["leading", "trailing", "linspace"] = "leading"
 
     @model_validator(mode="after")
     def _check_steps(self) -> DiffusionConfig:

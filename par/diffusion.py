@@ -28,7 +28,7 @@ class Diffusion:
             prediction_type="epsilon",
         )
         self.train_scheduler = DDPMScheduler(**common, clip_sample=False)
-        sampler_kwargs: dict = dict(common, timestep_spacing="trailing")
+        sampler_kwargs: dict = dict(common, timestep_spacing=config.timestep_spacing)
         if config.sampler in ("ddim", "ddpm"):
             clip = config.clip_sample is not None
             sampler_kwargs.update(clip_sample=clip, clip_sample_range=config.clip_sample or 1.0)
