@@ -1,0 +1,92 @@
+"""infra/docker-compose.yaml validates with docker-compose (no engine needed) and has the
+shape the docker runner relies on: health checks, init steps, a same-path runs folder,
+and no secret of its own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.infra.conftest import ROOT
+
+COMPOSE = ROOT / "infra" / "docker-compose.yaml"
+ENV_EXAMPLE = ROOT / "infra" / ".env.example"
+ONE_OFF = {"airflow-init", "minio-init"}
+
+
+def compose_config(*env_file: Path) -> subprocess.CompletedProcess:
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (infra/local/test-tools.sh installs it)")
+    args = ["docker-compose", "-f", str(COMPOSE)]
+    for path in env_file:
+        args += ["--env-file", str(path)]
+    # Only PATH from the caller: a variable of the test's environment would override the file.
+    return subprocess.run([*args, "config"], capture_output=True, text=True, cwd=ROOT, env={"PATH": os.environ["PATH"]})
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    result = compose_config(ENV_EXAMPLE)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_every_long_running_service_has_a_health_check(config):
+    services = config["services"]
+    assert {"postgres", "minio", "mlflow", "airflow-api", "airflow-scheduler", "airflow-triggerer"} <= set(services)
+    for name, service in services.items():
+        if name not in ONE_OFF:
+            assert "healthcheck" in service, name
+            assert service.get("restart") == "unless-stopped", name
+
+
+def test_airflow_login_comes_from_a_passwords_file_written_by_init(config):
+    services = config["services"]
+    init = services["airflow-init"]
+    script = init["command"][0]
+    assert "passwords.json" in script and "airflow db migrate" in script
+    assert init["environment"]["AIRFLOW_ADMIN_PASSWORD"] == "change-me-airflow"
+    for name in ("airflow-api", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
+        service = services[name]
+        env = service["environment"]
+        assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == "/opt/airflow/passwords.json"
+        assert "AIRFLOW_ADMIN_PASSWORD" not in env  # only the init step sees the password
+        assert "airflow-home:/opt/airflow:rw" in service["volumes"]  # writable, shared with init
+        assert service["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
+
+
+def test_runs_root_is_a_host_folder_at_the_same_path(config):
+    for name, service in config["services"].items():
+        if not name.startswith("airflow-"):
+            continue
+        runs = service["environment"]["AIRFLOW_VAR_PAR_RUNS_ROOT"]
+        assert f"{runs}:{runs}:rw" in service["volumes"], name
+        assert service["environment"]["AIRFLOW_VAR_PAR_RUNNER"] == "docker"
+    assert "par-runs" not in config.get("volumes", {})
+
+
+def test_minio_bucket_is_created_before_mlflow_starts(config):
+    services = config["services"]
+    assert "mc mb --ignore-existing" in services["minio-init"]["command"][0]
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["mlflow"]["depends_on"]["minio-init"]["condition"] == "service_completed_successfully"
+
+
+def test_secrets_are_required_not_defaulted():
+    """Without an env file the config fails, naming a missing secret: the compose file holds none."""
+    result = compose_config()
+    assert result.returncode != 0
+    assert "set in infra/.env" in result.stderr
+
+
+def test_the_env_file_is_not_tracked():
+    result = subprocess.run(["git", "check-ignore", "-q", "infra/.env"], cwd=ROOT)
+    assert result.returncode == 0
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if "PASSWORD" in line or "SECRET" in line:
+            assert "change-me" in line, line
