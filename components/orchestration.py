@@ -62,6 +62,9 @@ def environment() -> dict[str, str]:
         "MLFLOW_S3_ENDPOINT_URL",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_DEFAULT_REGION",
+        "PAR_MLFLOW_EXPERIMENT",
         "VK_ICD_FILENAMES",
         "MS_SKIP_ASSET_DOWNLOAD_PROMPT",
     ):
@@ -96,14 +99,22 @@ def operator(task_id: str, command: Any, *, mapped: bool = False, gpu: bool = Fa
         return BashOperator(bash_command=command, env=env, **common)
     if choice == "docker":
         from airflow.providers.docker.operators.docker import DockerOperator
-        from docker.types import Mount
+        from docker.types import DeviceRequest, Mount
 
+        # The image brings its own Vulkan driver: a worker's path to one means nothing there.
+        # The container runs as the worker's user, so that both can write the run folder (a
+        # host bind mount at the same path); HOME=/tmp for users without a home in the image.
+        env = {k: v for k, v in env.items() if k != "VK_ICD_FILENAMES"} | {"HOME": "/tmp"}
+        gpus = [DeviceRequest(count=-1, capabilities=[["gpu"]])] if gpu and os.environ.get("PAR_DOCKER_GPUS") else None
         common = dict(
             task_id=task_id,
             image=IMAGE,
-            docker_url=os.environ.get("DOCKER_HOST", "unix://var/run/docker.sock"),
+            docker_url=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"),
             mounts=[Mount(target=str(runs_root()), source=str(runs_root()), type="bind")],
             mount_tmp_dir=False,
+            user=f"{os.getuid()}:{os.getgid()}",
+            network_mode=os.environ.get("PAR_DOCKER_NETWORK"),  # e.g. the compose network, to reach MLflow
+            device_requests=gpus,
             auto_remove="success",
             **kwargs,
         )
@@ -140,30 +151,55 @@ def operator(task_id: str, command: Any, *, mapped: bool = False, gpu: bool = Fa
 # Called at run time by the DAGs' first task (never at parse time).
 
 
+# Trigger-form fields and where they go in params.yaml.
+FORM_FIELDS: dict[str, tuple[str, ...]] = {
+    "tasks": ("tasks",),
+    "demos_per_task": ("collect", "demos_per_task"),
+    "model_size": ("model", "size"),
+    "model_kind": ("model", "kind"),
+    "pretrain_steps": ("pretrain", "steps"),
+    "train_steps": ("train", "steps"),
+    "episodes": ("evaluate", "episodes"),
+    "eval_shards": ("evaluate", "shards"),
+    "min_wilson_low": ("gate", "min_wilson_low"),
+}
+
+
+def _lookup(data: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = data
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def run_params(ui: dict[str, Any]) -> dict[str, Any]:
-    """The repository's params (or a profile) with the trigger form's values applied."""
-    base = yaml.safe_load((REPO / "profiles" / f"{ui['profile']}.yaml").read_text()) if ui.get("profile") else None
-    data = base or default_params()
-    data.setdefault("collect", {})
-    for section in ("model", "pretrain", "train", "evaluate", "gate"):
-        data.setdefault(section, {})
-    mapping = {
-        "tasks": ("tasks",),
-        "demos_per_task": ("collect", "demos_per_task"),
-        "model_size": ("model", "size"),
-        "model_kind": ("model", "kind"),
-        "pretrain_steps": ("pretrain", "steps"),
-        "train_steps": ("train", "steps"),
-        "episodes": ("evaluate", "episodes"),
-        "eval_shards": ("evaluate", "shards"),
-        "min_wilson_low": ("gate", "min_wilson_low"),
-    }
-    for key, path in mapping.items():
-        if key in ui and ui[key] is not None:
-            node = data
-            for part in path[:-1]:
-                node = node[part]
-            node[path[-1]] = ui[key]
+    """The repository's params (or a profile) with the trigger form's values applied.
+
+    The form shows params.yaml's values as its defaults, so a field still at its
+    default leaves the base (params.yaml or the chosen profile) alone; a field the user
+    changed overrides it. Without a profile the result is the same either way."""
+    from components.params import materialize
+
+    profile = str(ui.get("profile") or "").strip()
+    if profile:
+        path = REPO / "profiles" / f"{profile.removesuffix('.yaml')}.yaml"
+        if not path.is_file():
+            known = sorted(p.stem for p in (REPO / "profiles").glob("*.yaml"))
+            raise ValueError(f"profile {profile!r}: no such file {path} (known profiles: {known})")
+        data = yaml.safe_load(path.read_text()) or {}
+    else:
+        data = default_params()
+    form_defaults = materialize(default_params(), "params.yaml")
+    for key, path in FORM_FIELDS.items():
+        value = ui.get(key)
+        if value is None or value == _lookup(form_defaults, path):
+            continue
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
     return data
 
 
@@ -183,14 +219,39 @@ def build_plan(runner: str, python: str, ui: dict[str, Any], run_id: str) -> dic
     def c(name: str, *args: str) -> Any:
         return command(runner, python, name, "--params", str(params_file), *args)
 
-    evaluate_params = params.evaluate
-    per_shard = -(-evaluate_params.episodes // evaluate_params.shards)
+    # Seed shards of every task: (task, shard, first seed, episodes); the last one may be short.
+    total, start = params.evaluate.episodes, params.evaluate.seed_start
+    per_shard = -(-total // params.evaluate.shards)
     shards = [
-        (task, k, evaluate_params.seed_start + k * per_shard)
+        (task, k, start + k * per_shard, min(per_shard, total - k * per_shard))
         for task in params.tasks
-        for k in range(evaluate_params.shards)
-        if k * per_shard < evaluate_params.episodes
+        for k in range(params.evaluate.shards)
+        if k * per_shard < total
     ]
+    sharded = len(shards) > len(params.tasks)
+
+    def evaluate(task: str, k: int, first: int, episodes: int) -> Any:
+        # One shard a task: it writes the task's result itself and nothing is merged.
+        out = [f"{f}/data/eval_shards/{task}/{k}"] if sharded else [f"{f}/data/eval/{task}"]
+        if not sharded:
+            out += ["--metrics", f"{f}/metrics/eval/{task}.json"]
+        return c(
+            "evaluate",
+            "--model-uri",
+            f"{f}/data/policy",
+            "--task",
+            task,
+            "--dataset",
+            f"{f}/data/demos/{task}",
+            "--seed-start",
+            str(first),
+            "--episodes",
+            str(episodes),
+            "--out",
+            *out,
+            "--no-progress",
+        )
+
     return {
         "run_folder": f,
         "tasks": list(params.tasks),
@@ -242,37 +303,22 @@ def build_plan(runner: str, python: str, ui: dict[str, Any], run_id: str) -> dic
             f"{f}/plots",
             "--no-progress",
         ),
-        "evaluate": [
-            c(
-                "evaluate",
-                "--model-uri",
-                f"{f}/data/policy",
-                "--task",
-                t,
-                "--dataset",
-                f"{f}/data/demos/{t}",
-                "--seed-start",
-                str(start),
-                "--episodes",
-                str(per_shard),
-                "--out",
-                f"{f}/data/eval_shards/{t}/{k}",
-                "--no-progress",
-            )
-            for t, k, start in shards
-        ],
+        "evaluate": [evaluate(*shard) for shard in shards],
+        # An empty list (one shard a task) maps to no task instance: merge is skipped.
         "merge": [
             c(
                 "evaluate",
                 "--merge",
-                *[f"{f}/data/eval_shards/{t}/{k}" for tt, k, _ in shards if tt == t],
+                *[f"{f}/data/eval_shards/{t}/{k}" for tt, k, _, _ in shards if tt == t],
                 "--out",
                 f"{f}/data/eval/{t}",
                 "--metrics",
                 f"{f}/metrics/eval/{t}.json",
             )
             for t in params.tasks
-        ],
+        ]
+        if sharded
+        else [],
         "score": c(
             "score",
             "--model-uri",
@@ -302,14 +348,20 @@ def build_plan(runner: str, python: str, ui: dict[str, Any], run_id: str) -> dic
     }
 
 
-def nightly_plan(runner: str, python: str, run_id: str, webhook: str | None) -> dict[str, Any]:
-    """Evaluate the registry's champion on the params' fixed seeds, then check it."""
-    from components.params import load_params
+def nightly_plan(
+    runner: str, python: str, run_id: str, webhook: str | None, ui: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Evaluate the registry's champion on the params' fixed seeds, then check it.
+
+    The params are params.yaml, or the profile named by the run's ``profile`` parameter
+    (its tasks, ``evaluate.seed_start`` and ``evaluate.episodes`` decide the seeds)."""
+    from components.params import load_params, materialize
 
     folder = run_folder(f"nightly-{run_id}")
     folder.mkdir(parents=True, exist_ok=True)
     params_file = folder / "params.yaml"
-    params_file.write_text((REPO / "params.yaml").read_text())
+    data = run_params({"profile": (ui or {}).get("profile") or ""})
+    params_file.write_text(yaml.safe_dump(materialize(data, "the nightly run's parameters"), sort_keys=False))
     params = load_params(params_file)
     uri = f"models:/{params.gate.model_name}@champion"
     f = str(folder)

@@ -1,6 +1,7 @@
 """par_training: collect -> validate -> encode -> pretrain -> train -> evaluate + score -> gate.
 
-Triggered from the UI with run parameters (defaults from params.yaml). Every run
+Triggered from the UI with run parameters (defaults from params.yaml; with a
+``profile``, the fields left at their defaults keep the profile's values). Every run
 writes under its own folder (``<par_runs_root>/<run id>``), so concurrent runs never
 touch each other's outputs; every step is a component command line that is safe to
 retry (atomic outputs, resumable training).
@@ -35,7 +36,12 @@ RUNNER = runner()
         "episodes": Param(DEFAULTS["evaluate"]["episodes"], type="integer", minimum=1),
         "eval_shards": Param(DEFAULTS["evaluate"].get("shards", 1), type="integer", minimum=1),
         "min_wilson_low": Param(DEFAULTS["gate"]["min_wilson_low"], type="object"),
-        "profile": Param("", type="string", description="optional profiles/<name>.yaml used as the base"),
+        "profile": Param(
+            None,
+            type=["null", "string"],
+            description="optional profiles/<name>.yaml (e.g. smoke, ci-airflow) used as the base; "
+            "fields left at their defaults keep the profile's values",
+        ),
     },
     doc_md=__doc__,
 )
@@ -47,7 +53,7 @@ def par_training() -> None:
 
         from components.orchestration import build_plan
 
-        return build_plan(RUNNER, sys.executable, params or {}, run_id or "manual")
+        return build_plan(RUNNER, sys.executable, dict(params or {}), run_id or "manual")
 
     steps = plan()
     collect = operator("collect", stage_commands(steps, "collect"), mapped=True)
@@ -58,7 +64,9 @@ def par_training() -> None:
     evaluate = operator("evaluate", stage_commands(steps, "evaluate"), mapped=True, gpu=True)
     merge = operator("merge", stage_commands(steps, "merge"), mapped=True)
     score = operator("score", steps["score"])
-    gate = operator("gate", steps["gate"])
+    # merge is skipped when evaluation is not sharded (nothing to merge): gate then runs
+    # as long as nothing upstream failed.
+    gate = operator("gate", steps["gate"], trigger_rule="none_failed")
     steps >> collect >> validate >> encode >> pretrain >> train >> [evaluate, score]
     evaluate >> merge >> gate
     score >> gate
