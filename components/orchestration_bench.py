@@ -257,8 +257,8 @@ def db_migrate(env: dict[str, str], log: Path) -> None:
 
 
 def dags_test(dag_id: str, conf: dict[str, Any], env: dict[str, str], log: Path, timeout: float = 1800) -> float:
-    """``airflow dags test`` of one DAG run; returns its wall time. ``dags test`` exits
-    0 even when the run fails, so the final state is read from its output."""
+    """``airflow dags test`` of one DAG run; returns its wall time. The run's final state
+    is read from the output (``DagRun Finished: ... state=``), not only the exit code."""
     code, seconds = run_group([AIRFLOW, "dags", "test", dag_id, "-c", json.dumps(conf)], env, log, timeout)
     state = dags_test_state(log)
     if code != 0 or state != "success":
