@@ -65,8 +65,11 @@ def server(cmd: list[str], health: str, log: Path, env: dict | None = None, time
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path) -> Iterator[str]:
-    """``mlflow server`` with a SQLite backend and local artifacts; yields its URI."""
+def mlflow_server(
+    root: Path, artifacts: list[str] | None = None, env: dict[str, str] | None = None, timeout: float = 90
+) -> Iterator[str]:
+    """``mlflow server`` with a SQLite backend; yields its URI. Artifacts go to
+    ``root/artifacts`` unless ``artifacts`` gives the server's artifact options."""
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -78,14 +81,13 @@ def mlflow_server(root: Path) -> Iterator[str]:
         str(port),
         "--backend-store-uri",
         f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(root / "artifacts"),
+        *(artifacts or ["--artifacts-destination", str(root / "artifacts")]),
         "--workers",
         "1",
     ]
     uri = f"http://127.0.0.1:{port}"
-    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with server(cmd, f"{uri}/health", root / "server.log", env=env, timeout=90):
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
+    with server(cmd, f"{uri}/health", root / "server.log", env=env, timeout=timeout):
         yield uri
 
 

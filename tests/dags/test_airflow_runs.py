@@ -35,7 +35,7 @@ from components.orchestration_bench import (
     spawn,
     stop_tree,
 )
-from tests.servers import BIN, free_port, moto_server, server
+from tests.servers import mlflow_server, moto_server
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -82,26 +82,9 @@ def mlflow_on_s3(root: Path, endpoint: str, prefix: str) -> Iterator[dict[str, s
     """An MLflow server (SQLite backend) whose artifact root is s3://par-mlflow/<prefix>,
     written by the clients through MLFLOW_S3_ENDPOINT_URL. Yields the environment every
     component needs."""
-    root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    uri = f"http://127.0.0.1:{port}"
-    env = {"MLFLOW_S3_ENDPOINT_URL": endpoint, **CREDS, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    cmd = [
-        str(BIN / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        f"sqlite:///{root / 'mlflow.db'}",
-        "--default-artifact-root",
-        f"s3://{BUCKET}/{prefix}",
-        "--no-serve-artifacts",
-        "--workers",
-        "1",
-    ]
-    with server(cmd, f"{uri}/health", root / "mlflow.log", env=env, timeout=120):
+    artifacts = ["--default-artifact-root", f"s3://{BUCKET}/{prefix}", "--no-serve-artifacts"]
+    env = {"MLFLOW_S3_ENDPOINT_URL": endpoint, **CREDS}
+    with mlflow_server(root, artifacts, env=env, timeout=120) as uri:
         yield {"MLFLOW_TRACKING_URI": uri, "MLFLOW_S3_ENDPOINT_URL": endpoint, **CREDS}
 
 
@@ -188,56 +171,51 @@ def trained(smoke_run: SmokeRun) -> dict[str, Any]:
 # ------------------------------------------------------------------ live Airflow
 
 
+@contextlib.contextmanager
+def logged_in_page(url: str, user: str, password: str) -> Iterator[Any]:
+    """A headless Chromium page logged in to the Airflow UI (Debian's chromium)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/dags/par_training")
+            page.get_by_label("Username").fill(user)
+            page.get_by_label("Password").fill(password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda u: "/auth/login" not in u, timeout=60_000)
+            yield page
+        finally:
+            browser.close()
+
+
 def ui_trigger(url: str, user: str, password: str, shots: Path) -> str:
     """Log in, open par_training, open the trigger form, fill two fields, trigger;
     returns the new run's id (from the UI's own POST to the REST API)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}/dags/par_training")
-            page.get_by_label("Username").fill(user)
-            page.get_by_label("Password").fill(password)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(lambda u: "/auth/login" not in u, timeout=60_000)
-            page.goto(f"{url}/dags/par_training")
-            page.get_by_role("button", name="Trigger").first.click()
-            form = page.get_by_role("dialog")
-            form.locator("#element_profile").fill("ci-airflow")
-            form.locator("input[name=element_train_steps]").fill("4")
-            form.locator("input[name=element_train_steps]").blur()
-            page.screenshot(path=str(shots / "airflow-trigger-form.png"))
-            with page.expect_response(lambda r: r.url.endswith("/dagRuns") and r.request.method == "POST") as answer:
-                form.get_by_role("button", name="Trigger").last.click()
-            assert answer.value.ok, answer.value.text()
-            run = answer.value.json()
-            assert run["conf"]["profile"] == "ci-airflow" and run["conf"]["train_steps"] == 4
-            return run["dag_run_id"]
-        finally:
-            browser.close()
+    with logged_in_page(url, user, password) as page:
+        page.goto(f"{url}/dags/par_training")
+        page.get_by_role("button", name="Trigger").first.click()
+        form = page.get_by_role("dialog")
+        form.locator("#element_profile").fill("ci-airflow")
+        form.locator("input[name=element_train_steps]").fill("4")
+        form.locator("input[name=element_train_steps]").blur()
+        page.screenshot(path=str(shots / "airflow-trigger-form.png"))
+        with page.expect_response(lambda r: r.url.endswith("/dagRuns") and r.request.method == "POST") as answer:
+            form.get_by_role("button", name="Trigger").last.click()
+        assert answer.value.ok, answer.value.text()
+        run = answer.value.json()
+        assert run["conf"]["profile"] == "ci-airflow" and run["conf"]["train_steps"] == 4
+        return run["dag_run_id"]
 
 
 def ui_screenshot_run(url: str, user: str, password: str, run_id: str, shots: Path) -> None:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}/dags/par_training")
-            page.get_by_label("Username").fill(user)
-            page.get_by_label("Password").fill(password)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(lambda u: "/auth/login" not in u, timeout=60_000)
-            page.goto(f"{url}/dags/par_training/runs/{run_id}")
-            page.get_by_text("success").first.wait_for(timeout=60_000)
-            page.wait_for_load_state("networkidle")
-            page.screenshot(path=str(shots / "airflow-finished-run.png"), full_page=True)
-            (shots / "airflow-finished-run.html").write_text(page.content())
-        finally:
-            browser.close()
+    with logged_in_page(url, user, password) as page:
+        page.goto(f"{url}/dags/par_training/runs/{run_id}")
+        page.get_by_text("success").first.wait_for(timeout=60_000)
+        page.wait_for_load_state("networkidle")
+        page.screenshot(path=str(shots / "airflow-finished-run.png"), full_page=True)
+        (shots / "airflow-finished-run.html").write_text(page.content())
 
 
 def test_live_airflow_runs_triggered_from_rest_and_ui_concurrently(s3, smoke_run, tmp_path, monkeypatch):
