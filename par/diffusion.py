@@ -41,19 +41,25 @@ class Diffusion:
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.train_scheduler.add_noise(x0, noise, t)
 
+    def timesteps(self, steps: int | None = None) -> torch.Tensor:
+        """The sampler's timesteps (long, first to last) for ``steps`` inference steps."""
+        self.sampler.set_timesteps(steps or self.config.num_inference_steps)
+        return self.sampler.timesteps.to(torch.long)
+
     @torch.no_grad()
     def sample(
         self,
-        predict_eps: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        predict_eps: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
         shape: tuple[int, ...],
         generator: torch.Generator | None,
         steps: int | None = None,
     ) -> torch.Tensor:
-        """Run the reverse process from Gaussian noise; ``predict_eps(x, t_batch)``."""
+        """Run the reverse process from Gaussian noise; ``predict_eps(x, t_batch, i)`` for
+        the i-th of :meth:`timesteps`."""
         self.sampler.set_timesteps(steps or self.config.num_inference_steps)
         x = torch.randn(shape, generator=generator)
-        for t in self.sampler.timesteps:
+        for i, t in enumerate(self.sampler.timesteps):
             t_batch = torch.full((shape[0],), int(t), dtype=torch.long)
-            eps = predict_eps(x, t_batch)
+            eps = predict_eps(x, t_batch, i)
             x = self.sampler.step(eps, t, x, generator=generator).prev_sample
         return x

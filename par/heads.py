@@ -54,9 +54,16 @@ class AdaLNMLPBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.ada(c).chunk(3, dim=-1)
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(shift, scale, gate) from the conditioning vector."""
+        return self.ada(c).chunk(3, dim=-1)
+
+    def apply(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        shift, scale, gate = mod
         return x + gate * self.mlp(modulate(self.norm(x), shift, scale))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, self.modulation(c))
 
 
 class FinalLayer(nn.Module):
@@ -69,9 +76,15 @@ class FinalLayer(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.ada(c).chunk(2, dim=-1)
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.ada(c).chunk(2, dim=-1)
+
+    def apply(self, x: torch.Tensor, mod: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        shift, scale = mod
         return self.out(modulate(self.norm(x), shift, scale))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.apply(x, self.modulation(c))
 
 
 class FrameDiTHead(nn.Module):
@@ -86,20 +99,35 @@ class FrameDiTHead(nn.Module):
         self.blocks = nn.ModuleList(AdaLNMLPBlock(width) for _ in range(config.depth))
         self.final = FinalLayer(width, token_dim)
 
-    def prepare(self, cond: torch.Tensor) -> torch.Tensor:
-        """What depends on the condition only: computed once per sampling call."""
-        return self.cond(cond)
+    def modulations(self, c: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Every block's AdaLN modulation (and the final layer's) from conditioning c."""
+        return [block.modulation(c) for block in self.blocks] + [self.final.modulation(c)]
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, prepared: torch.Tensor) -> torch.Tensor:
-        c = prepared + self.time(t)
+    def run(self, x: torch.Tensor, mods: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
         h = self.inp(x)
-        for block in self.blocks:
-            h = block(h, c)
-        return self.final(h, c)
+        for block, mod in zip(self.blocks, mods, strict=False):
+            h = block.apply(h, mod)
+        return self.final.apply(h, mods[-1])
+
+    def prepare(self, cond: torch.Tensor, timesteps: torch.Tensor) -> list[list[tuple[torch.Tensor, ...]]]:
+        """Modulations of a whole sampling call: cond (M, cond_dim), timesteps (T,).
+
+        The conditioning is fixed and the timesteps are known in advance, so every
+        step's AdaLN projections are computed at once (one large matmul a layer
+        instead of T small ones, which on a CPU cost about as much each as the
+        large one does); ``prepared[i]`` serves the i-th timestep.
+        """
+        c = self.cond(cond)[None] + self.time(timesteps)[:, None]  # (T, M, width)
+        mods = self.modulations(c)
+        return [[tuple(part[i] for part in mod) for mod in mods] for i in range(len(timesteps))]
+
+    def denoise(self, x: torch.Tensor, i: int, prepared: list) -> torch.Tensor:
+        """eps of x at the i-th timestep of the ``prepare``d call."""
+        return self.run(x, prepared[i])
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x: (M, token_dim) noisy tokens; t: (M,); cond: (M, cond_dim) -> eps (M, token_dim)."""
-        return self.denoise(x, t, self.prepare(cond))
+        return self.run(x, self.modulations(self.cond(cond) + self.time(t)))
 
 
 class _Attention(nn.Module):
@@ -141,12 +169,21 @@ class ActionDiTBlock(nn.Module):
         nn.init.zeros_(self.ada[1].weight)
         nn.init.zeros_(self.ada[1].bias)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, context_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        s1, sc1, g1, s2, sc2, g2 = self.ada(c)[:, None].chunk(6, dim=-1)
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(..., width) -> six (..., 1, width) terms, broadcast over the chunk."""
+        return self.ada(c)[..., None, :].chunk(6, dim=-1)
+
+    def apply(
+        self, x: torch.Tensor, mod: tuple[torch.Tensor, ...], context_kv: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        s1, sc1, g1, s2, sc2, g2 = mod
         h = modulate(self.norm1(x), s1, sc1)
         x = x + g1 * self.self_attn(h, self.self_attn.keys_values(h))
         x = x + self.cross_attn(self.norm_x(x), context_kv)
         return x + g2 * self.mlp(modulate(self.norm2(x), s2, sc2))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, context_kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.apply(x, self.modulation(c), context_kv)
 
 
 class ActionDiTHead(nn.Module):
@@ -163,22 +200,36 @@ class ActionDiTHead(nn.Module):
         self.blocks = nn.ModuleList(ActionDiTBlock(width, config.n_heads) for _ in range(config.depth))
         self.final = FinalLayer(width, action_dim)
 
-    def prepare(self, context: torch.Tensor, pooled: torch.Tensor) -> tuple[torch.Tensor, list]:
-        """Pooled conditioning and every block's cross-attention keys/values, once a call."""
-        ctx = self.context(context)
-        return self.pooled(pooled), [block.cross_attn.keys_values(ctx) for block in self.blocks]
+    def modulations(self, c: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        return [block.modulation(c) for block in self.blocks] + [self.final.modulation(c[..., None, :])]
 
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, prepared: tuple[torch.Tensor, list]) -> torch.Tensor:
-        pooled, context_kv = prepared
-        c = self.time(t) + pooled
+    def run(self, x: torch.Tensor, mods: list[tuple[torch.Tensor, ...]], context_kv: list) -> torch.Tensor:
         h = self.inp(x) + self.pos
-        for block, kv in zip(self.blocks, context_kv, strict=True):
-            h = block(h, c, kv)
-        return self.final(h, c[:, None])
+        for block, mod, kv in zip(self.blocks, mods, context_kv, strict=False):
+            h = block.apply(h, mod, kv)
+        return self.final.apply(h, mods[-1])
+
+    def context_kv(self, context: torch.Tensor) -> list:
+        ctx = self.context(context)
+        return [block.cross_attn.keys_values(ctx) for block in self.blocks]
+
+    def prepare(self, context: torch.Tensor, pooled: torch.Tensor, timesteps: torch.Tensor) -> tuple[list, list]:
+        """Everything of a sampling call that does not depend on the noisy chunk: every
+        block's cross-attention keys/values, and the AdaLN modulations of all timesteps
+        (T,) at once (see FrameDiTHead.prepare)."""
+        c = self.time(timesteps)[:, None] + self.pooled(pooled)[None]  # (T, M, width)
+        mods = self.modulations(c)
+        per_step = [[tuple(part[i] for part in mod) for mod in mods] for i in range(len(timesteps))]
+        return per_step, self.context_kv(context)
+
+    def denoise(self, x: torch.Tensor, i: int, prepared: tuple[list, list]) -> torch.Tensor:
+        """eps of the chunk x at the i-th timestep of the ``prepare``d call."""
+        per_step, context_kv = prepared
+        return self.run(x, per_step[i], context_kv)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """x: (M, L, A) noisy chunk; t: (M,); context: (M, S, cond_dim); pooled: (M, cond_dim)."""
-        return self.denoise(x, t, self.prepare(context, pooled))
+        return self.run(x, self.modulations(self.time(t) + self.pooled(pooled)), self.context_kv(context))
 
 
 class DiscreteActionHead(nn.Module):

@@ -335,9 +335,10 @@ class PAR(nn.Module):
     ) -> torch.Tensor:
         """(B, S, d) outputs of a step's frame group + BOA -> (B, L, A) in [-1, 1]."""
         c = self.config
-        prepared = self.action_head.prepare(*self.action_context(h_prefix))
+        timesteps = self.action_diffusion.timesteps(steps)
+        prepared = self.action_head.prepare(*self.action_context(h_prefix), timesteps)
         return self.action_diffusion.sample(
-            lambda x, t: self.action_head.denoise(x, t, prepared),
+            lambda x, t, i: self.action_head.denoise(x, i, prepared),
             (h_prefix.shape[0], c.chunk_len, c.action_dim),
             generator,
             steps,
@@ -360,9 +361,10 @@ class PAR(nn.Module):
         """(B, N, d), (B, d) -> next-frame latents (B, C, H, W)."""
         c = self.config
         B, N = h_frame.shape[:2]
-        prepared = self.frame_head.prepare(self.frame_condition(h_frame, h_last).reshape(B * N, -1))
+        timesteps = self.frame_diffusion.timesteps(steps)
+        prepared = self.frame_head.prepare(self.frame_condition(h_frame, h_last).reshape(B * N, -1), timesteps)
         tokens = self.frame_diffusion.sample(
-            lambda x, t: self.frame_head.denoise(x, t, prepared), (B * N, c.token_dim), generator, steps
+            lambda x, t, i: self.frame_head.denoise(x, i, prepared), (B * N, c.token_dim), generator, steps
         )
         return unpatchify(
             tokens.reshape(B, N, c.token_dim), c.patch_size, c.latent_channels, c.latent_height, c.latent_width

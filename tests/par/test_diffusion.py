@@ -24,7 +24,7 @@ def sample_with_noisy_oracle(config: DiffusionConfig, x0: torch.Tensor, error: f
     rng = torch.Generator().manual_seed(1)
     widest = [0.0]
 
-    def predict_eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def predict_eps(x: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         widest[0] = max(widest[0], float(x.std()))
         a = abar[t].view(-1, *([1] * (x.dim() - 1)))
         eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
