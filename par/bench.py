@@ -5,8 +5,10 @@
 
 * ``kv_cache_speedup``: a 10-step closed-loop episode (observe, sample the action
   chunk, commit it, predict the next frame), full recomputation time / KV-cache time,
-  at batch 1 (one environment); ``kv_cache_detail`` adds batched environments and the
-  transformer-only ratio (the diffusion heads' sampling costs the same either way).
+  at batch 1 (one environment); ``kv_cache_detail`` adds batched environments, the
+  transformer-only ratio (the diffusion heads' sampling costs the same either way) and
+  ``control``: the episode as ``components.evaluate`` drives a robot, without the frame
+  prediction (the real next frame replaces it anyway).
 * ``train_tokens_per_s`` and ``mfu``: training FLOP/s (forward + backward, counted by
   ``torch.utils.flop_counter``) divided by the same run's peak of a large fp32 matmul.
 * ``peak_rss_mb``: peak resident memory of a process that runs ``small`` training steps
@@ -56,7 +58,7 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
     return best
 
 
-def time_episode(model: PAR, episode: Batch, use_cache: bool, steps: int) -> tuple[float, float]:
+def time_episode(model: PAR, episode: Batch, use_cache: bool, steps: int, predict: bool = True) -> tuple[float, float]:
     """Seconds for a closed-loop episode, and the part spent in the transformer."""
     rollout = Rollout(model, episode.task, torch.Generator().manual_seed(0), use_cache=use_cache)
     spent = [0.0]
@@ -71,7 +73,7 @@ def time_episode(model: PAR, episode: Batch, use_cache: bool, steps: int) -> tup
     rollout._feed = timed_feed
     start = time.perf_counter()
     for t in range(steps):
-        rollout.step(episode.frames[:, t], None if episode.proprio is None else episode.proprio[:, t])
+        rollout.step(episode.frames[:, t], None if episode.proprio is None else episode.proprio[:, t], predict)
     return time.perf_counter() - start, spent[0]
 
 
@@ -82,6 +84,8 @@ def kv_cache(size: str, batch: int, steps: int = 10, repeats: int = 2) -> dict:
     time_episode(model, episode, True, 2)  # warm-up
     cached = min((time_episode(model, episode, True, steps) for _ in range(repeats)), key=lambda r: r[0])
     full = min((time_episode(model, episode, False, steps) for _ in range(repeats)), key=lambda r: r[0])
+    control_cached = min(time_episode(model, episode, True, steps, False)[0] for _ in range(repeats))
+    control_full = min(time_episode(model, episode, False, steps, False)[0] for _ in range(repeats))
     return {
         "batch": batch,
         "cached_s": round(cached[0], 3),
@@ -89,6 +93,11 @@ def kv_cache(size: str, batch: int, steps: int = 10, repeats: int = 2) -> dict:
         "speedup": round(full[0] / cached[0], 2),
         "transformer_speedup": round(full[1] / cached[1], 2),
         "transformer_share_cached": round(cached[1] / cached[0], 2),
+        "control": {
+            "cached_s": round(control_cached, 3),
+            "full_s": round(control_full, 3),
+            "speedup": round(control_full / control_cached, 2),
+        },
     }
 
 
