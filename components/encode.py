@@ -58,8 +58,14 @@ def to_unit(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
+def hard_pixel_error(err: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Mean of each row's largest ``fraction`` of per-pixel errors: (B, P) -> scalar."""
+    k = max(1, round(fraction * err.shape[1]))
+    return err.topk(k, dim=1).values.mean()
+
+
 def train_vae(frames: np.ndarray, params: VAEParams, progress: bool = True):
-    """Fit an AutoencoderKL to uint8 frames (N, H, W, 3): MSE + kl_weight * KL."""
+    """Fit an AutoencoderKL to uint8 frames (N, H, W, 3): MSE + hard-pixel MSE + kl_weight * KL."""
     from tqdm import tqdm
 
     torch.manual_seed(params.seed)
@@ -75,9 +81,12 @@ def train_vae(frames: np.ndarray, params: VAEParams, progress: bool = True):
         x = to_unit(frames[pick])
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=generator)).sample
-        mse = (recon - x).pow(2).mean()
+        err = (recon - x).pow(2).mean(dim=1).flatten(1)  # (B, H * W)
+        mse = err.mean()
         kl = posterior.kl().mean() / x[0].numel()
         loss = mse + params.kl_weight * kl
+        if params.hard_pixel_weight:
+            loss = loss + params.hard_pixel_weight * hard_pixel_error(err, params.hard_pixel_fraction)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

@@ -62,6 +62,12 @@ class VAEParams(Section):
     batch_size: PositiveInt = 16
     lr: float = Field(default=2e-3, gt=0)
     kl_weight: float = Field(default=1e-6, ge=0)
+    # Hard-pixel term: the loss adds hard_pixel_weight x the mean squared error of each
+    # frame's worst hard_pixel_fraction of pixels. Small objects (a cube of a few
+    # pixels) carry almost no weight in a plain MSE and get blurred away; they are
+    # exactly the pixels the VAE gets most wrong. 0 turns the term off.
+    hard_pixel_weight: float = Field(default=0.0, ge=0)
+    hard_pixel_fraction: float = Field(default=0.02, gt=0, le=1)
     seed: int = 0
 
     @field_validator("block_channels")

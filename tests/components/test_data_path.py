@@ -11,8 +11,9 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
-from components.encode import encode
+from components.encode import encode, hard_pixel_error
 from components.params import load_params
 from components.validate import validate
 from tests.components.conftest import TASKS
@@ -85,6 +86,14 @@ def test_validate_then_encode(demos, smoke_params, tmp_path):
             assert data["holdout"].tolist() == [False, True]
             assert len(data["actions"]) == data["action_offsets"][-1]
             assert np.isfinite(data["latents"]).all()
+
+
+def test_hard_pixel_error_is_the_mean_of_each_frames_worst_pixels():
+    err = torch.zeros(2, 100)
+    err[0, :3] = torch.tensor([9.0, 6.0, 3.0])  # a small object the VAE misses
+    err[1] = 1.0  # an evenly blurred frame
+    assert hard_pixel_error(err, 0.02).item() == pytest.approx((9 + 6 + 1 + 1) / 4)
+    assert hard_pixel_error(err, 1.0).item() == pytest.approx(err.mean().item())
 
 
 def test_killed_collection_leaves_no_dataset(tmp_path, smoke_params):
