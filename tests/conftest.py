@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -19,3 +22,31 @@ os.environ.setdefault("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Start the component image's build now when the image tests will run (they wait
+    for it); PAR_EARLY_IMAGE_BUILD=0 keeps it in the image fixture instead."""
+    infra = ROOT / "tests" / "infra"
+    wanted = any(Path(str(item.path)).is_relative_to(infra) for item in session.items)
+    if (
+        not wanted
+        or session.config.option.collectonly
+        or shutil.which("podman") is None
+        or os.environ.get("PAR_EARLY_IMAGE_BUILD") == "0"
+    ):
+        return
+    from tests.infra import conftest as infra_conftest
+
+    log = Path(tempfile.mkdtemp(prefix="par-image-build-")) / "build.log"
+    infra_conftest.EARLY_BUILD.update(start=time.monotonic(), log=log, proc=infra_conftest.start_build(log))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A build still running (the image tests deselected or failed early) is stopped."""
+    from tests.infra import conftest as infra_conftest
+    from tests.servers import stop
+
+    proc = infra_conftest.EARLY_BUILD.get("proc")
+    if proc is not None and proc.poll() is None:
+        stop(proc)
