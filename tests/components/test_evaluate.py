@@ -27,7 +27,8 @@ def test_closed_loop_evaluation_writes_rows_metrics_and_video(policy_dir, smoke_
     )
     rows = json.loads((tmp_path / "eval" / "episodes.json").read_text())
     assert [r["seed"] for r in rows] == [1_000_000, 1_000_001]
-    assert all(r["steps"] == 100 for r in rows)  # terminations ignored: every episode runs max steps
+    # terminations ignored: every episode runs max steps
+    assert all(r["steps"] == params.evaluate.max_episode_steps["PushCube-v1"] for r in rows)
     assert metrics["episodes"] == 2 and 0 <= metrics["wilson_low"] <= metrics["success_once"] <= metrics["wilson_high"]
     assert len(list((tmp_path / "eval" / "videos").glob("*.mp4"))) == 1
 
