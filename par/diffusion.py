@@ -56,9 +56,8 @@ class Diffusion:
     ) -> torch.Tensor:
         """Run the reverse process from Gaussian noise; ``predict_eps(x, t_batch, i)`` for
         the i-th of :meth:`timesteps`."""
-        self.sampler.set_timesteps(steps or self.config.num_inference_steps)
         x = torch.randn(shape, generator=generator)
-        for i, t in enumerate(self.sampler.timesteps):
+        for i, t in enumerate(self.timesteps(steps)):
             t_batch = torch.full((shape[0],), int(t), dtype=torch.long)
             eps = predict_eps(x, t_batch, i)
             x = self.sampler.step(eps, t, x, generator=generator).prev_sample

@@ -43,6 +43,11 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+def per_timestep(mods: list[tuple[torch.Tensor, ...]], steps: int) -> list[list[tuple[torch.Tensor, ...]]]:
+    """Modulations computed for all timesteps at once (leading dim T) -> one list a step."""
+    return [[tuple(part[i] for part in mod) for mod in mods] for i in range(steps)]
+
+
 class AdaLNMLPBlock(nn.Module):
     """Residual MLP block with AdaLN-zero modulation."""
 
@@ -105,7 +110,7 @@ class FrameDiTHead(nn.Module):
 
     def run(self, x: torch.Tensor, mods: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
         h = self.inp(x)
-        for block, mod in zip(self.blocks, mods, strict=False):
+        for block, mod in zip(self.blocks, mods[:-1], strict=True):
             h = block.apply(h, mod)
         return self.final.apply(h, mods[-1])
 
@@ -118,8 +123,7 @@ class FrameDiTHead(nn.Module):
         large one does); ``prepared[i]`` serves the i-th timestep.
         """
         c = self.cond(cond)[None] + self.time(timesteps)[:, None]  # (T, M, width)
-        mods = self.modulations(c)
-        return [[tuple(part[i] for part in mod) for mod in mods] for i in range(len(timesteps))]
+        return per_timestep(self.modulations(c), len(timesteps))
 
     def denoise(self, x: torch.Tensor, i: int, prepared: list) -> torch.Tensor:
         """eps of x at the i-th timestep of the ``prepare``d call."""
@@ -205,7 +209,7 @@ class ActionDiTHead(nn.Module):
 
     def run(self, x: torch.Tensor, mods: list[tuple[torch.Tensor, ...]], context_kv: list) -> torch.Tensor:
         h = self.inp(x) + self.pos
-        for block, mod, kv in zip(self.blocks, mods, context_kv, strict=False):
+        for block, mod, kv in zip(self.blocks, mods[:-1], context_kv, strict=True):
             h = block.apply(h, mod, kv)
         return self.final.apply(h, mods[-1])
 
@@ -218,9 +222,7 @@ class ActionDiTHead(nn.Module):
         block's cross-attention keys/values, and the AdaLN modulations of all timesteps
         (T,) at once (see FrameDiTHead.prepare)."""
         c = self.time(timesteps)[:, None] + self.pooled(pooled)[None]  # (T, M, width)
-        mods = self.modulations(c)
-        per_step = [[tuple(part[i] for part in mod) for mod in mods] for i in range(len(timesteps))]
-        return per_step, self.context_kv(context)
+        return per_timestep(self.modulations(c), len(timesteps)), self.context_kv(context)
 
     def denoise(self, x: torch.Tensor, i: int, prepared: tuple[list, list]) -> torch.Tensor:
         """eps of the chunk x at the i-th timestep of the ``prepare``d call."""
