@@ -4,7 +4,8 @@
 
 ManiSkill's own motion planner (``mani_skill.examples.motionplanning``) solves each
 seeded episode in ``pd_joint_pos``; a recording wrapper keeps what the environment
-returns at every step: the camera frame, qpos, the action and the success flag. The
+returns at every step: the camera frame, the proprio vector (joint positions, then the
+goal the camera cannot see: `components.maniskill.proprio_of`), the action and the success flag. The
 planner's control mode is the paper's, so no replay pass is needed: frames are
 rendered once, while planning, by the very camera (size and shader) that evaluation
 will use. Seeds are tried in order from ``seed_start``; the dataset is the first N
@@ -13,9 +14,9 @@ whose plans succeed (deterministic whatever the worker count).
 Output (one folder a task, written atomically)::
 
     manifest.json                  task, control mode, camera, counts, seeds, versions,
-                                   action/qpos statistics, the env kwargs to rebuild
+                                   action/proprio statistics, the env kwargs to rebuild
     episodes/episode_00000.npz     frames (T+1, H, W, 3) uint8, actions (T, A) float32,
-                                   qpos (T+1, D) float32, success (T,) bool, seed ()
+                                   proprio (T+1, D) float32, success (T,) bool, seed ()
 """
 
 from __future__ import annotations
@@ -30,20 +31,20 @@ from typing import Any
 import numpy as np
 
 from components.common import ComponentError, atomic_output, log, run_cli, write_json
-from components.maniskill import env_kwargs, frame_of, make_env, planner_for, qpos_of, scalar, versions
+from components.maniskill import env_kwargs, frame_of, make_env, planner_for, proprio_of, scalar, versions
 from components.params import CollectParams, load_params
 
 MAX_EPISODE_STEPS = 1000  # the planner decides when an episode ends, not the TimeLimit
-FORMAT = "par-demos-v1"
+FORMAT = "par-demos-v2"
 
 
 class Recorder:
-    """Wraps an env; keeps frames, qpos, actions and success of the current episode."""
+    """Wraps an env; keeps frames, proprio, actions and success of the current episode."""
 
     def __init__(self, env: Any, camera: str) -> None:
         self.env, self.camera = env, camera
         self.frames: list[np.ndarray] = []
-        self.qpos: list[np.ndarray] = []
+        self.proprio: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
         self.success: list[bool] = []
 
@@ -56,7 +57,7 @@ class Recorder:
 
     def reset(self, **kwargs: Any) -> tuple:
         obs, info = self.env.reset(**kwargs)
-        self.frames, self.qpos = [frame_of(obs, self.camera)], [qpos_of(obs)]
+        self.frames, self.proprio = [frame_of(obs, self.camera)], [proprio_of(obs)]
         self.actions, self.success = [], []
         return obs, info
 
@@ -65,7 +66,7 @@ class Recorder:
         action = action.cpu().numpy() if hasattr(action, "cpu") else action
         self.actions.append(np.asarray(action, dtype=np.float32).reshape(-1))
         self.frames.append(frame_of(obs, self.camera))
-        self.qpos.append(qpos_of(obs))
+        self.proprio.append(proprio_of(obs))
         self.success.append(bool(scalar(info["success"])))
         return obs, reward, terminated, truncated, info
 
@@ -96,7 +97,7 @@ def _attempt(seed: int) -> dict[str, Any]:
         "seed": seed,
         "ok": True,
         "frames": np.stack(env.frames),
-        "qpos": np.stack(env.qpos),
+        "proprio": np.stack(env.proprio),
         "actions": np.stack(env.actions),
         "success": np.asarray(env.success, dtype=bool),
         "action_space": (env.action_space.low.reshape(-1), env.action_space.high.reshape(-1)),
@@ -145,12 +146,13 @@ def collect_task(task: str, params: CollectParams, out: Path, progress: bool = T
                     tmp / "episodes" / f"episode_{index:05d}.npz",
                     frames=result["frames"],
                     actions=result["actions"],
-                    qpos=result["qpos"],
+                    proprio=result["proprio"],
                     success=result["success"],
                     seed=np.int64(result["seed"]),
                 )
                 kept.append(
-                    {k: result[k] for k in ("seed", "actions", "qpos", "action_space")} | {"T": len(result["actions"])}
+                    {k: result[k] for k in ("seed", "actions", "proprio", "action_space")}
+                    | {"T": len(result["actions"])}
                 )
                 bar.update(1)
             bar.set_postfix(planner_success=f"{len(kept) / attempts:.0%}")
@@ -184,7 +186,7 @@ def build_manifest(
     seconds: float,
 ) -> dict[str, Any]:
     actions = np.concatenate([k["actions"] for k in kept])
-    qpos = np.concatenate([k["qpos"] for k in kept])
+    proprio = np.concatenate([k["proprio"] for k in kept])
     low, high = kept[0]["action_space"]
     lengths = [k["T"] for k in kept]
     return {
@@ -210,15 +212,15 @@ def build_manifest(
         "seeds": [k["seed"] for k in kept],
         "failed_seeds": failures,
         "action_dim": int(actions.shape[1]),
-        "qpos_dim": int(qpos.shape[1]),
+        "proprio_dim": int(proprio.shape[1]),
         "action_min": actions.min(0).tolist(),
         "action_max": actions.max(0).tolist(),
         "action_space_low": low.tolist(),
         "action_space_high": high.tolist(),
-        "qpos_min": qpos.min(0).tolist(),
-        "qpos_max": qpos.max(0).tolist(),
-        "qpos_mean": qpos.mean(0).tolist(),
-        "qpos_std": qpos.std(0).tolist(),
+        "proprio_min": proprio.min(0).tolist(),
+        "proprio_max": proprio.max(0).tolist(),
+        "proprio_mean": proprio.mean(0).tolist(),
+        "proprio_std": proprio.std(0).tolist(),
         "versions": versions(),
         "collection_seconds": round(seconds, 1),
     }

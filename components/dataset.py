@@ -11,7 +11,7 @@ import numpy as np
 
 from components.common import ComponentError, read_json
 
-ARRAYS = ("frames", "actions", "qpos", "success", "seed")
+ARRAYS = ("frames", "actions", "proprio", "success", "seed")
 
 
 @dataclass
@@ -20,7 +20,7 @@ class Demo:
     file: str
     frames: np.ndarray  # (T + 1, H, W, 3) uint8
     actions: np.ndarray  # (T, A) float32
-    qpos: np.ndarray  # (T + 1, D) float32
+    proprio: np.ndarray  # (T + 1, D) float32
     success: np.ndarray  # (T,) bool
     seed: int
 
@@ -54,7 +54,7 @@ def read_demo(dataset: str | Path, index: int, entry: dict[str, Any]) -> Demo:
         file=entry["file"],
         frames=arrays["frames"],
         actions=arrays["actions"],
-        qpos=arrays["qpos"],
+        proprio=arrays["proprio"],
         success=arrays["success"],
         seed=int(arrays["seed"]),
     )

@@ -12,7 +12,7 @@ Output folder::
 
     vae/                   the AutoencoderKL (diffusers save_pretrained format)
     latents/<task>.npz     latents (F, C, h, w) float32 normalised, actions (S, A),
-                           qpos (F, D), frame_offsets / action_offsets (E + 1,),
+                           proprio (F, D), frame_offsets / action_offsets (E + 1,),
                            seeds (E,), holdout (E,) bool
     stats.json             latent shape and channel mean/std, and each task's manifest
 """
@@ -32,7 +32,7 @@ from components.dataset import iter_demos, read_manifest
 from components.metrics import psnr, ssim
 from components.params import EncodeParams, VAEParams, load_params
 
-FORMAT = "par-latents-v1"
+FORMAT = "par-latents-v2"
 
 
 def build_vae(params: VAEParams, sample_size: int):
@@ -177,7 +177,7 @@ def encode(
                 tmp / "latents" / f"{task}.npz",
                 latents=((latents - mean[:, None, None]) / std[:, None, None]).numpy().astype(np.float32),
                 actions=np.concatenate([d.actions for d in eps]).astype(np.float32),
-                qpos=np.concatenate([d.qpos for d in eps]).astype(np.float32),
+                proprio=np.concatenate([d.proprio for d in eps]).astype(np.float32),
                 frame_offsets=np.cumsum([0] + [len(d.frames) for d in eps]),
                 action_offsets=np.cumsum([0] + [len(d.actions) for d in eps]),
                 seeds=np.asarray([d.seed for d in eps], dtype=np.int64),

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from components.common import ComponentError, atomic_output, log, read_json, run_cli, write_json
-from components.maniskill import frame_of, make_env, qpos_of, scalar, step_unobserved
+from components.maniskill import frame_of, make_env, proprio_of, scalar, step_unobserved
 from components.metrics import wilson_interval
 from components.params import EvaluateParams, load_params
 from components.policy import Policy
@@ -81,8 +81,8 @@ def run_episode(
     while steps < max_steps:
         started = time.perf_counter()
         latent = policy.encode_frames(frame_of(obs, camera)[None])
-        qpos = policy.normalize_qpos(qpos_of(obs)[None]) if policy.model.config.proprio_dim else None
-        rollout.observe(latent, qpos)
+        proprio = policy.normalize_proprio(proprio_of(obs)[None]) if policy.model.config.proprio_dim else None
+        rollout.observe(latent, proprio)
         chunk = rollout.sample_actions()
         rollout.commit_actions(chunk)
         actions = policy.denormalize_actions(chunk[0])

@@ -27,7 +27,7 @@ def load_episodes(
     encoded: str | Path,
     tasks: list[str],
     actions: Normalizer,
-    qpos: Normalizer,
+    proprio: Normalizer,
     split: Split = "train",
 ) -> list[Episode]:
     """Episodes of ``tasks`` (task id = index in ``tasks``), normalised for the model."""
@@ -43,7 +43,7 @@ def load_episodes(
                     task=task_id,
                     latents=torch.from_numpy(arrays["latents"][fo[e] : fo[e + 1]]),
                     actions=torch.from_numpy(np.clip(actions.encode(arrays["actions"][ao[e] : ao[e + 1]]), -1, 1)),
-                    proprio=torch.from_numpy(qpos.encode(arrays["qpos"][fo[e] : fo[e + 1]])),
+                    proprio=torch.from_numpy(proprio.encode(arrays["proprio"][fo[e] : fo[e + 1]])),
                 )
             )
     if not episodes:

@@ -90,9 +90,25 @@ def frame_of(obs: dict, camera: str) -> np.ndarray:
     return np.asarray(rgb[0].cpu().numpy() if hasattr(rgb, "cpu") else rgb[0], dtype=np.uint8)
 
 
-def qpos_of(obs: dict) -> np.ndarray:
-    qpos = obs["agent"]["qpos"]
-    return np.asarray(qpos[0].cpu().numpy() if hasattr(qpos, "cpu") else qpos[0], dtype=np.float32)
+GOAL_DIM = 3
+
+
+def _first_env(value: Any) -> np.ndarray:
+    return np.asarray(value[0].cpu().numpy() if hasattr(value, "cpu") else value[0], dtype=np.float32)
+
+
+def proprio_of(obs: dict) -> np.ndarray:
+    """The state vector a policy reads beside the frame: joint positions, then the goal.
+
+    The goal slot holds ManiSkill's ``extra.goal_pos`` where a visual observation
+    carries it: the goals the camera cannot see (PickCube's goal site is hidden from
+    cameras, so without it the task is a guess). Tasks whose goal is in view (PushCube's
+    target, StackCube's second cube) get zeros, so every task has the same size and one
+    multi-task model reads them all.
+    """
+    goal = obs.get("extra", {}).get("goal_pos")
+    goal = np.zeros(GOAL_DIM, np.float32) if goal is None else _first_env(goal)
+    return np.concatenate([_first_env(obs["agent"]["qpos"]), goal])
 
 
 def scalar(value: Any) -> float:

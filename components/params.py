@@ -90,7 +90,7 @@ class EncodeParams(Section):
 
 class ModelParams(Section):
     """The network: PAR (a named size of par.config) or the behaviour-cloning baseline,
-    plus what the data decides (latent shape, action and qpos sizes, tasks)."""
+    plus what the data decides (latent shape, action and proprio sizes, tasks)."""
 
     kind: Literal["par", "bc"] = "par"
     size: Literal["tiny", "small", "base", "paper"] = "tiny"

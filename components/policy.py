@@ -4,7 +4,7 @@ A policy folder holds::
 
     model/         the PAR network (par.checkpoint format, config inside)
     vae/           the AutoencoderKL that made its latents (diffusers format)
-    policy.json    tasks (id order), latent normalisation, action and qpos
+    policy.json    tasks (id order), latent normalisation, action and proprio
                    normalisation, and each task's env kwargs / control mode / camera
 
 Evaluation and scoring need nothing else, so a folder (or the MLflow artifact that
@@ -25,7 +25,7 @@ from components.common import ComponentError, read_json, write_json
 from par.checkpoint import load_model, save_model
 from par.model import PAR
 
-FORMAT = "par-policy-v1"
+FORMAT = "par-policy-v2"
 
 
 @dataclass
@@ -60,14 +60,14 @@ class Normalizer:
 
 
 def normalizers_from_stats(stats: dict[str, Any], tasks: list[str]) -> tuple[Normalizer, Normalizer]:
-    """Action min-max and qpos mean/std normalisers over the given tasks' manifests."""
+    """Action min-max and proprio mean/std normalisers over the given tasks' manifests."""
     manifests = [stats["manifests"][t] for t in tasks]
     low = np.min([m["action_min"] for m in manifests], axis=0)
     high = np.max([m["action_max"] for m in manifests], axis=0)
-    # Pool qpos statistics (weighted by steps) across tasks.
+    # Pool proprio statistics (weighted by steps) across tasks.
     weights = np.asarray([m["counts"]["steps"] for m in manifests], np.float64)
-    means = np.asarray([m["qpos_mean"] for m in manifests])
-    stds = np.asarray([m["qpos_std"] for m in manifests])
+    means = np.asarray([m["proprio_mean"] for m in manifests])
+    stds = np.asarray([m["proprio_std"] for m in manifests])
     mean = (weights[:, None] * means).sum(0) / weights.sum()
     var = (weights[:, None] * (stds**2 + (means - mean) ** 2)).sum(0) / weights.sum()
     return Normalizer.min_max(low.tolist(), high.tolist()), Normalizer.standard(mean.tolist(), np.sqrt(var).tolist())
@@ -80,7 +80,7 @@ class Policy:
         self.model, self.vae, self.info = model.eval(), vae.eval(), info
         self.tasks: list[str] = info["tasks"]
         self.actions = Normalizer.from_json(info["action_norm"])
-        self.qpos = Normalizer.from_json(info["qpos_norm"])
+        self.proprio = Normalizer.from_json(info["proprio_norm"])
         self.latent_mean = torch.tensor(info["latent_mean"])[:, None, None]
         self.latent_std = torch.tensor(info["latent_std"])[:, None, None]
 
@@ -106,8 +106,8 @@ class Policy:
         z = latents * self.latent_std + self.latent_mean
         return ((self.vae.decode(z).sample + 1) / 2).clamp(0, 1)
 
-    def normalize_qpos(self, qpos: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.qpos.encode(qpos))
+    def normalize_proprio(self, proprio: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.proprio.encode(proprio))
 
     def denormalize_actions(self, actions: torch.Tensor) -> np.ndarray:
         return self.actions.decode(actions.cpu().numpy())
@@ -117,7 +117,7 @@ def save_policy(
     directory: Path, model: PAR, vae_dir: Path, stats: dict[str, Any], tasks: list[str], extra: dict | None = None
 ) -> None:
     """Write a policy bundle (``directory`` must be a fresh temporary folder)."""
-    actions, qpos = normalizers_from_stats(stats, tasks)
+    actions, proprio = normalizers_from_stats(stats, tasks)
     save_model(model, directory / "model")
     shutil.copytree(vae_dir, directory / "vae")
     info = {
@@ -128,7 +128,7 @@ def save_policy(
         "latent_shape": stats["latent_shape"],
         "frame_shape": stats["frame_shape"],
         "action_norm": actions.to_json(),
-        "qpos_norm": qpos.to_json(),
+        "proprio_norm": proprio.to_json(),
         "task_info": {
             t: {k: stats["manifests"][t][k] for k in ("control_mode", "camera", "env_kwargs", "robot_uids", "counts")}
             for t in tasks

@@ -56,7 +56,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc wrapper of a policy bundle (a history-free first decision).
 
     ``predict`` takes a DataFrame with columns ``task`` (str), ``frame`` (H x W x 3
-    uint8, nested lists or arrays) and ``qpos``; it returns the first action chunk of
+    uint8, nested lists or arrays) and ``proprio``; it returns the first action chunk of
     each row. Closed-loop control with the KV-cache is components.evaluate's job.
     """
 
@@ -74,9 +74,9 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         for row in model_input.itertuples():
             frame = np.asarray(row.frame, dtype=np.uint8)[None]
             rollout = rollout_for(self.policy.model, torch.tensor([self.policy.task_id(row.task)]))
-            qpos = np.asarray(row.qpos, dtype=np.float32)[None]
+            proprio = np.asarray(row.proprio, dtype=np.float32)[None]
             use_q = self.policy.model.config.proprio_dim
-            rollout.observe(self.policy.encode_frames(frame), self.policy.normalize_qpos(qpos) if use_q else None)
+            rollout.observe(self.policy.encode_frames(frame), self.policy.normalize_proprio(proprio) if use_q else None)
             out.append(self.policy.denormalize_actions(rollout.sample_actions()[0]).tolist())
         return pd.DataFrame({"actions": out})
 

@@ -4,7 +4,7 @@
         --demos-root data/demos --out data/score --metrics metrics/score.json --plots plots/score
 
 For every held-out episode (encode's ``holdout``): start from its first real frame
-and, step by step, feed the demo's true action chunk (and qpos), let the model
+and, step by step, feed the demo's true action chunk (and proprio), let the model
 predict the next frame, and feed the *prediction* back (open loop). Before each
 chunk is fed, the model also proposes its own chunk, compared with the demo's.
 Reported per horizon step (1 = one chunk ahead): PSNR and SSIM of the decoded
@@ -37,7 +37,7 @@ def score_episode(
     task_id: int,
     latents: torch.Tensor,
     actions: np.ndarray,
-    qpos: np.ndarray,
+    proprio: np.ndarray,
     frames: np.ndarray,
     horizon: int,
     seed: int,
@@ -52,7 +52,7 @@ def score_episode(
     frame = latents[0:1]
     predicted, real, action_err = [], [], []
     for t in range(steps):
-        q = policy.normalize_qpos(qpos[t * L][None]) if model.config.proprio_dim else None
+        q = policy.normalize_proprio(proprio[t * L][None]) if model.config.proprio_dim else None
         rollout.observe(frame, q)
         proposal = policy.denormalize_actions(rollout.sample_actions()[0])
         true_chunk = actions[t * L : (t + 1) * L]
@@ -130,7 +130,7 @@ def score(
                     policy.task_id(task),
                     torch.from_numpy(arrays["latents"][fo[e] : fo[e + 1]]),
                     arrays["actions"][ao[e] : ao[e + 1]],
-                    arrays["qpos"][fo[e] : fo[e + 1]],
+                    arrays["proprio"][fo[e] : fo[e + 1]],
                     demo.frames,
                     horizon,
                     seed,

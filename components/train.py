@@ -62,7 +62,7 @@ def _data_shape(params: ModelParams, stats: dict[str, Any], tasks: list[str]) ->
         latent_height=h,
         latent_width=w,
         action_dim=action_dims.pop(),
-        proprio_dim=manifests[0]["qpos_dim"] if params.use_proprio else 0,
+        proprio_dim=manifests[0]["proprio_dim"] if params.use_proprio else 0,
         num_tasks=len(tasks),
     )
 
@@ -75,7 +75,7 @@ def build_bc_config(params: ModelParams, stats: dict[str, Any], tasks: list[str]
 
 
 def build_model_config(params: ModelParams, stats: dict[str, Any], tasks: list[str]) -> ModelConfig:
-    """A named size, shaped by the data (latents, actions, qpos, tasks) and the ablation."""
+    """A named size, shaped by the data (latents, actions, proprio, tasks) and the ablation."""
     shaped = dict(_data_shape(params, stats, tasks), patch_size=params.patch_size)
     try:
         config = model_config(params.size, **{**shaped, **params.overrides})

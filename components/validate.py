@@ -50,7 +50,7 @@ def episode_rows(dataset: Path, manifest: dict[str, Any], params: ValidateParams
             row.update(readable=False, error=str(exc))
             rows.append(row)
             continue
-        frames, actions, qpos = demo.frames, demo.actions, demo.qpos
+        frames, actions, proprio = demo.frames, demo.actions, demo.proprio
         T = len(actions)
         finite_actions = actions[np.isfinite(actions).all(axis=-1)] if actions.ndim == 2 else actions
         in_bounds = (
@@ -69,12 +69,12 @@ def episode_rows(dataset: Path, manifest: dict[str, Any], params: ValidateParams
             frame_std=float(frames.std()) if frames.size else 0.0,
             saturated_fraction=float(((frames == 0) | (frames == 255)).mean()) if frames.size else 1.0,
             frames_match_steps=len(frames) == T + 1,
-            qpos_match_steps=len(qpos) == T + 1,
+            proprio_match_steps=len(proprio) == T + 1,
             success_match_steps=len(demo.success) == T,
             action_dim=int(actions.shape[-1]) if actions.ndim == 2 else -1,
-            qpos_dim=int(qpos.shape[-1]) if qpos.ndim == 2 else -1,
+            proprio_dim=int(proprio.shape[-1]) if proprio.ndim == 2 else -1,
             nonfinite_actions=int((~np.isfinite(actions)).sum()),
-            nonfinite_qpos=int((~np.isfinite(qpos)).sum()),
+            nonfinite_proprio=int((~np.isfinite(proprio)).sum()),
             actions_in_bounds=in_bounds,
             final_success=bool(demo.success[-1]) if len(demo.success) else False,
             manifest_seed_matches=entry.get("seed") == demo.seed,
@@ -97,13 +97,13 @@ def build_suite(gx: Any, manifest: dict[str, Any], params: ValidateParams, colle
         E.ExpectColumnValuesToBeBetween(column="frame_std", min_value=1.0),
         E.ExpectColumnValuesToBeBetween(column="saturated_fraction", max_value=params.max_saturated_fraction),
         E.ExpectColumnValuesToBeInSet(column="frames_match_steps", value_set=[True]),
-        E.ExpectColumnValuesToBeInSet(column="qpos_match_steps", value_set=[True]),
+        E.ExpectColumnValuesToBeInSet(column="proprio_match_steps", value_set=[True]),
         E.ExpectColumnValuesToBeInSet(column="success_match_steps", value_set=[True]),
         E.ExpectColumnValuesToBeBetween(column="nonfinite_actions", min_value=0, max_value=0),
-        E.ExpectColumnValuesToBeBetween(column="nonfinite_qpos", min_value=0, max_value=0),
+        E.ExpectColumnValuesToBeBetween(column="nonfinite_proprio", min_value=0, max_value=0),
         E.ExpectColumnValuesToBeInSet(column="actions_in_bounds", value_set=[True]),
         E.ExpectColumnValuesToBeInSet(column="action_dim", value_set=[manifest.get("action_dim")]),
-        E.ExpectColumnValuesToBeInSet(column="qpos_dim", value_set=[manifest.get("qpos_dim")]),
+        E.ExpectColumnValuesToBeInSet(column="proprio_dim", value_set=[manifest.get("proprio_dim")]),
         E.ExpectColumnValuesToBeBetween(
             column="steps", min_value=params.min_episode_steps, max_value=params.max_episode_steps
         ),

@@ -1,4 +1,4 @@
-"""A behaviour-cloning baseline: current frame latent + qpos -> the action chunk.
+"""A behaviour-cloning baseline: current frame latent + proprio -> the action chunk.
 
 A small CNN over the frame latents and an MLP over proprioception regress the next
 ``chunk_len`` actions (MSE), with no history and no frame prediction. It trains on

@@ -85,7 +85,7 @@ class ModelConfig(_Frozen):
     # Action vector size (pd_joint_pos: 7 joints + gripper) and chunk length L.
     action_dim: PositiveInt = 8
     chunk_len: PositiveInt = 8
-    # Proprioception (qpos) size, one token per step; 0 disables the token.
+    # Proprioception (proprio) size, one token per step; 0 disables the token.
     proprio_dim: int = Field(default=9, ge=0)
     # Learned task embedding: num_tasks tasks, task_tokens tokens each.
     num_tasks: PositiveInt = 3

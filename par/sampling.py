@@ -4,7 +4,7 @@ A :class:`Rollout` walks an episode one physical step at a time::
 
     rollout = Rollout(model, task=torch.tensor([0]), generator=torch.Generator().manual_seed(0))
     for each decision point:
-        actions, predicted_next = rollout.step(real_latent, real_qpos)
+        actions, predicted_next = rollout.step(real_latent, real_proprio)
         ... execute ``actions`` (L env steps), observe the real next frame ...
 
 The frame passed to :meth:`Rollout.observe` is always the one that enters the

@@ -34,9 +34,16 @@ def test_collect_writes_episodes_and_manifest(demos):
             with np.load(demos / task / entry["file"]) as data:
                 T = entry["steps"]
                 assert data["frames"].shape == (T + 1, 64, 64, 3) and data["frames"].dtype == np.uint8
-                assert data["actions"].shape == (T, 8) and data["qpos"].shape == (T + 1, 9)
+                assert data["actions"].shape == (T, 8) and data["proprio"].shape == (T + 1, 12)
                 assert data["success"][-1] and int(data["seed"]) == entry["seed"]
                 assert np.isfinite(data["actions"]).all()
+                # The goal slot: PickCube's goal is hidden from the camera, so the state
+                # carries it (constant over the episode); goals in view are zeros.
+                goal = data["proprio"][:, 9:]
+                if task == "PickCube-v1":
+                    assert np.abs(goal).sum() > 0 and np.allclose(goal, goal[0])
+                else:
+                    assert not goal.any()
 
 
 def test_replaying_a_demo_reproduces_its_success(demos):

@@ -164,7 +164,7 @@ def test_score_video_prediction_per_horizon(policy_dir, encoded, demos, tmp_path
 def test_unrendered_steps_reach_the_same_state_as_env_step():
     """Evaluation renders only the frame after each chunk: the state, the info and the
     frame it then sees must be those of stepping with ``env.step`` throughout."""
-    from components.maniskill import env_kwargs, frame_of, make_env, qpos_of, step_unobserved
+    from components.maniskill import env_kwargs, frame_of, make_env, proprio_of, step_unobserved
     from components.params import CameraParams
 
     kwargs = env_kwargs("pd_joint_pos", CameraParams(width=64, height=64), "panda", "physx_cpu", 50)
@@ -181,7 +181,7 @@ def test_unrendered_steps_reach_the_same_state_as_env_step():
             for action in chunk[:-1]:
                 step_unobserved(envs[1], action)
             fast_obs, _, _, _, fast_info = envs[1].step(chunk[-1])
-            np.testing.assert_array_equal(qpos_of(fast_obs), qpos_of(full_obs))
+            np.testing.assert_array_equal(proprio_of(fast_obs), proprio_of(full_obs))
             np.testing.assert_array_equal(frame_of(fast_obs, "base_camera"), frame_of(full_obs, "base_camera"))
             assert bool(fast_info["success"]) == bool(full_info["success"])
             assert int(fast_info["elapsed_steps"]) == int(full_info["elapsed_steps"])
