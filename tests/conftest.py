@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from tests.infra import conftest as infra_conftest
 
     log = Path(tempfile.mkdtemp(prefix="par-image-build-")) / "build.log"
-    infra_conftest.EARLY_BUILD.update(start=time.monotonic(), log=log, proc=infra_conftest.start_build(log))
+    infra_conftest.EARLY_BUILD = infra_conftest.start_build(log)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -47,6 +46,6 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from tests.infra import conftest as infra_conftest
     from tests.servers import stop
 
-    proc = infra_conftest.EARLY_BUILD.get("proc")
-    if proc is not None and proc.poll() is None:
-        stop(proc)
+    build = infra_conftest.EARLY_BUILD
+    if build is not None and build.proc.poll() is None:
+        stop(build.proc)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -39,14 +40,23 @@ def podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.C
     return result
 
 
-def start_build(log: Path) -> subprocess.Popen:
+@dataclass(frozen=True)
+class Build:
+    """A running docker/build.sh: its process, its log, when it started."""
+
+    proc: subprocess.Popen
+    log: Path
+    start: float
+
+
+def start_build(log: Path) -> Build:
     """docker/build.sh in the background, in its own process group, at a lower priority:
     started when the session begins (tests/conftest.py), it fills the cores the other
     tests leave idle (their servers starting, Airflow polling) and is usually done by the
     time the image tests run."""
     out = log.open("w")
     try:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             ["nice", "-n", "10", str(ROOT / "docker" / "build.sh")],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -55,10 +65,11 @@ def start_build(log: Path) -> subprocess.Popen:
         )
     finally:
         out.close()
+    return Build(proc, log, time.monotonic())
 
 
 # Set by tests/conftest.py when the session collected tests of this folder.
-EARLY_BUILD: dict[str, object] = {}
+EARLY_BUILD: Build | None = None
 
 
 @pytest.fixture(scope="session")
@@ -66,11 +77,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The component image, built (or brought up to date) by docker/build.sh."""
     if shutil.which("podman") is None:
         pytest.skip("podman is not installed (infra/local/test-tools.sh installs it)")
-    if EARLY_BUILD:
-        proc, log, start = EARLY_BUILD["proc"], EARLY_BUILD["log"], EARLY_BUILD["start"]
-    else:
-        log, start = tmp_path_factory.mktemp("build") / "build.log", time.monotonic()
-        proc = start_build(log)
+    build = EARLY_BUILD or start_build(tmp_path_factory.mktemp("build") / "build.log")
+    proc, log, start = build.proc, build.log, build.start
     try:
         returncode = proc.wait(timeout=max(1.0, BUILD_TIMEOUT - (time.monotonic() - start)))
     except subprocess.TimeoutExpired:
