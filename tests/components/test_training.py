@@ -58,7 +58,7 @@ def test_train_writes_a_loadable_policy(encoded, pretrained, smoke_params, tmp_p
         pretrained,
     )
     policy = load_policy(tmp_path / "policy")
-    assert policy.tasks == params.tasks and policy.model.config.proprio_dim == 9
+    assert policy.tasks == params.tasks and policy.model.config.proprio_dim == 12  # 9 joints + the goal slot
     assert (tmp_path / "plots" / "train_loss.png").is_file()
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name[0].isdigit()) == ["000003", "000006"]
     assert os.readlink(tmp_path / "ckpt" / "last") == "000006"
