@@ -29,6 +29,10 @@ def test_repository_params_and_profiles_are_valid():
         ("train: {lr: fast}\n", "train.lr"),
         ("- just a list\n", "mapping"),
         ("collect: [unclosed\n", "not valid YAML"),
+        ("collect: {camera: {eye: [0.4, 0, 0.6]}}\n", "eye and target go together"),
+        ("collect: {camera: {eye: [1, 0, 1], target: [1, 0, 1]}}\n", "no direction"),
+        ("collect: {camera: {eye: [1, 0], target: [0, 0, 0]}}\n", "collect.camera.eye"),
+        ("collect: {camera: {fov: -1}}\n", "collect.camera.fov"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):
