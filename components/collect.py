@@ -194,7 +194,7 @@ def build_manifest(
         "task": task,
         "control_mode": params.control_mode,
         "robot_uids": params.robot_uids,
-        "camera": params.camera.model_dump(),
+        "camera": params.camera.model_dump(exclude_none=True),  # the default camera: as before
         "frame_shape": [params.camera.height, params.camera.width, 3],
         "env_kwargs": kwargs,
         "episodes": [
