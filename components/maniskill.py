@@ -44,39 +44,12 @@ def sensor_config(camera: CameraParams) -> dict[str, Any]:
 
 
 def look_at_pose(eye: tuple[float, float, float], target: tuple[float, float, float]) -> list[float]:
-    """[x, y, z, qw, qx, qy, qz] of a camera at ``eye`` looking at ``target`` (z up), in
-    the SAPIEN camera convention (x forward, y left, z up) that ManiSkill's own
-    ``sapien_utils.look_at`` uses for the task cameras."""
-    position = np.asarray(eye, dtype=np.float64)
-    forward = np.asarray(target, dtype=np.float64) - position
-    forward /= np.linalg.norm(forward)
-    up = np.array([0.0, 0.0, 1.0])
-    left = np.cross(up, forward)
-    if np.linalg.norm(left) < 1e-6:  # looking straight up or down: any left will do
-        left = np.array([0.0, 1.0, 0.0])
-    left /= np.linalg.norm(left)
-    up = np.cross(forward, left)
-    rotation = np.stack([forward, left, up], axis=1)
-    return [*position.tolist(), *_quaternion(rotation)]
+    """[x, y, z, qw, qx, qy, qz] of a camera at ``eye`` looking at ``target``: ManiSkill's
+    own ``look_at`` (what its task cameras use), as a list so that it survives JSON."""
+    use_software_vulkan()
+    from mani_skill.utils import sapien_utils
 
-
-def _quaternion(m: np.ndarray) -> list[float]:
-    """Unit quaternion (w, x, y, z) of a rotation matrix, w >= 0."""
-    trace = float(np.trace(m))
-    if trace > 0:
-        s = 2.0 * np.sqrt(trace + 1.0)
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
-        q = [0.0] * 4
-        q[0] = (m[k, j] - m[j, k]) / s
-        q[1 + i] = 0.25 * s
-        q[1 + j] = (m[j, i] + m[i, j]) / s
-        q[1 + k] = (m[k, i] + m[i, k]) / s
-    q = np.asarray(q) / np.linalg.norm(q)
-    return (q if q[0] >= 0 else -q).tolist()
+    return sapien_utils.look_at(eye=list(eye), target=list(target)).raw_pose[0].tolist()
 
 
 def make_env(task: str, kwargs: dict[str, Any]):

@@ -168,23 +168,15 @@ def test_task_needing_asset_download_is_a_clear_error():
         make_env("PickSingleYCB-v1", env_kwargs("pd_joint_pos", CameraParams(), "panda", "physx_cpu", 50))
 
 
-def test_camera_pose_from_params_is_maniskills_look_at_and_changes_the_view():
-    """The profile's eye/target/fov reach the simulator: the pose is the one ManiSkill's
-    own look_at gives, it survives JSON (manifest, policy), and the frame changes."""
+def test_camera_pose_from_params_changes_the_view():
+    """The profile's eye/target/fov reach the simulator: the pose survives JSON (manifest,
+    policy), and the frame changes."""
     import json
 
     import numpy as np
-    from mani_skill.utils import sapien_utils
 
-    from components.maniskill import env_kwargs, frame_of, look_at_pose, make_env
+    from components.maniskill import env_kwargs, frame_of, make_env
     from components.params import CameraParams
-
-    rng = np.random.default_rng(0)
-    for _ in range(50):
-        eye, target = rng.normal(size=3).tolist(), rng.normal(size=3).tolist()
-        ours, theirs = np.array(look_at_pose(eye, target)), sapien_utils.look_at(eye, target).raw_pose[0].numpy()
-        theirs = np.r_[theirs[:3], theirs[3:] * np.sign(theirs[3])]  # q and -q are the same rotation
-        np.testing.assert_allclose(ours, theirs, atol=1e-5)
 
     default, close = CameraParams(), CameraParams(eye=(0.45, 0.0, 0.6), target=(0.05, 0.0, 0.0), fov=0.9)
     frames = []
