@@ -172,6 +172,8 @@ def evaluate(
     from tqdm import tqdm
 
     info = check_compatible(policy, task, manifest)
+    if params.threads:
+        torch.set_num_threads(params.threads)
     max_steps = params.max_episode_steps.get(task, params.default_max_episode_steps)
     kwargs = dict(info["env_kwargs"], max_episode_steps=max_steps)
     camera = info["camera"]["name"]

@@ -153,6 +153,10 @@ class EvaluateParams(Section):
     # Chunks drawn per decision (one batched call); the medoid is executed (par.sampling).
     action_samples: PositiveInt = 1
     shards: PositiveInt = 1  # seed shards a task (parallel evaluation workers)
+    # torch threads of one evaluate process; 0 = torch's default (every core). When the
+    # DAG runs tasks and shards side by side, give each cores / parallel workers: two
+    # processes both using every core of this 2-core machine run 5x slower, not 2x.
+    threads: int = Field(default=0, ge=0)
 
 
 class ScoreParams(Section):

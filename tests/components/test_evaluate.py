@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from components.evaluate import evaluate, merge, protocol_seeds
@@ -36,9 +37,15 @@ def test_closed_loop_evaluation_writes_rows_metrics_and_video(policy_dir, smoke_
 def test_shards_merge_into_the_whole(policy_dir, smoke_params, tmp_path):
     params = load_params(smoke_params)
     policy = load_policy(policy_dir)
-    a = evaluate(
-        policy, "PushCube-v1", params.evaluate, tmp_path / "a", seed_start=1_000_000, episodes=1, progress=False
-    )
+    threads = torch.get_num_threads()
+    try:  # a shard worker beside others takes its share of the cores
+        one_thread = params.evaluate.model_copy(update={"threads": 1})
+        a = evaluate(
+            policy, "PushCube-v1", one_thread, tmp_path / "a", seed_start=1_000_000, episodes=1, progress=False
+        )
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     b = evaluate(
         policy, "PushCube-v1", params.evaluate, tmp_path / "b", seed_start=1_000_001, episodes=1, progress=False
     )
