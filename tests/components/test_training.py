@@ -108,6 +108,8 @@ def test_behaviour_cloning_baseline_trains(encoded, tmp_path):
         "pretrain", params, params_path, encoded, tmp_path / "pre", tmp_path / "pc", tmp_path / "p.json", tmp_path
     )
     assert skipped == {"skipped": True} and (tmp_path / "pre" / "SKIPPED.json").is_file()
+    # dvc.yaml's pretrain stage declares its checkpoint folder: `dvc repro` fails if it is missing
+    assert (tmp_path / "pc" / "SKIPPED.json").is_file()
     run("train", params, params_path, encoded, tmp_path / "policy", tmp_path / "ckpt", tmp_path / "m.json", tmp_path)
     policy = load_policy(tmp_path / "policy")
     assert type(policy.model).__name__ == "BCPolicy"
