@@ -155,7 +155,7 @@ class EvaluateParams(Section):
     shards: PositiveInt = 1  # seed shards a task (parallel evaluation workers)
     # torch threads of one evaluate process; 0 = torch's default (every core). When the
     # DAG runs tasks and shards side by side, give each cores / parallel workers: two
-    # processes both using every core of this 2-core machine run 5x slower, not 2x.
+    # processes both using every core of this 2-core machine ran 5-10x slower, not 2x.
     threads: int = Field(default=0, ge=0)
 
 

@@ -244,12 +244,13 @@ def run(
     config = model.config
     if mode == "pretrain" and (params.model.kind == "bc" or not params.pretrain.enabled):
         reason = "the baseline has no video mode" if params.model.kind == "bc" else "pretrain.enabled is false"
+        marker = {"skipped": True, "reason": reason}
         with atomic_output(out) as tmp:
-            write_json(tmp / "SKIPPED.json", {"skipped": True, "reason": reason})
+            write_json(tmp / "SKIPPED.json", marker)
         # dvc.yaml declares the checkpoint folder an output: it must exist after the stage.
         checkpoints.mkdir(parents=True, exist_ok=True)
-        write_json(checkpoints / "SKIPPED.json", {"skipped": True, "reason": reason})
-        write_json(metrics_path, {"skipped": True, "reason": reason})
+        write_json(checkpoints / "SKIPPED.json", marker)
+        write_json(metrics_path, marker)
         save_loss_plot([], plots / "pretrain_loss.png", f"pretrain skipped: {reason}")
         log.info("pretrain skipped: %s", reason)
         return {"skipped": True}
