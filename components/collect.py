@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from components.common import ComponentError, atomic_output, log, run_cli, write_json
-from components.maniskill import env_kwargs, frame_of, make_env, planner_for, proprio_of, scalar, versions
+from components.maniskill import camera_names, env_kwargs, frame_of, make_env, planner_for, proprio_of, scalar, versions
 from components.params import CollectParams, load_params
 
 MAX_EPISODE_STEPS = 1000  # the planner decides when an episode ends, not the TimeLimit
@@ -41,7 +41,7 @@ FORMAT = "par-demos-v2"
 class Recorder:
     """Wraps an env; keeps frames, proprio, actions and success of the current episode."""
 
-    def __init__(self, env: Any, camera: str) -> None:
+    def __init__(self, env: Any, camera: str | list[str]) -> None:
         self.env, self.camera = env, camera
         self.frames: list[np.ndarray] = []
         self.proprio: list[np.ndarray] = []
@@ -74,7 +74,7 @@ class Recorder:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(task: str, kwargs: dict[str, Any], camera: str) -> None:
+def _init_worker(task: str, kwargs: dict[str, Any], camera: list[str]) -> None:
     import logging
 
     logging.getLogger("mani_skill").setLevel(logging.ERROR)
@@ -104,7 +104,7 @@ def _attempt(seed: int) -> dict[str, Any]:
     }
 
 
-def _attempts(task: str, kwargs: dict[str, Any], camera: str, seeds: range, workers: int):
+def _attempts(task: str, kwargs: dict[str, Any], camera: list[str], seeds: range, workers: int):
     """Yield attempt results in seed order, planning in ``workers`` processes."""
     if workers == 1:
         _init_worker(task, kwargs, camera)
@@ -135,7 +135,7 @@ def collect_task(task: str, params: CollectParams, out: Path, progress: bool = T
         (tmp / "episodes").mkdir()
         bar = tqdm(total=wanted, desc=f"collect {task}", unit="demo", disable=not progress)
         attempts = 0
-        results = _attempts(task, kwargs, params.camera.name, seeds, params.workers)
+        results = _attempts(task, kwargs, camera_names(params.camera.manifest()), seeds, params.workers)
         for result in results:
             attempts += 1
             if not result["ok"]:
@@ -194,8 +194,8 @@ def build_manifest(
         "task": task,
         "control_mode": params.control_mode,
         "robot_uids": params.robot_uids,
-        "camera": params.camera.model_dump(exclude_none=True),  # the default camera: as before
-        "frame_shape": [params.camera.height, params.camera.width, 3],
+        "camera": params.camera.manifest(),
+        "frame_shape": [params.camera.height, params.camera.width * len(camera_names(params.camera.manifest())), 3],
         "env_kwargs": kwargs,
         "episodes": [
             {"file": f"episodes/episode_{i:05d}.npz", "seed": k["seed"], "steps": k["T"]} for i, k in enumerate(kept)

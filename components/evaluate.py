@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from components.common import ComponentError, atomic_output, log, read_json, run_cli, write_json
-from components.maniskill import frame_of, make_env, proprio_of, scalar, step_unobserved
+from components.maniskill import camera_names, frame_of, make_env, proprio_of, scalar, step_unobserved
 from components.metrics import wilson_interval
 from components.params import EvaluateParams, load_params
 from components.policy import Policy
@@ -57,7 +57,7 @@ def run_episode(
     policy: Policy,
     env: Any,
     task_id: int,
-    camera: str,
+    camera: str | list[str],
     env_seed: int,
     policy_seed: int,
     max_steps: int,
@@ -176,7 +176,7 @@ def evaluate(
         torch.set_num_threads(params.threads)
     max_steps = params.max_episode_steps.get(task, params.default_max_episode_steps)
     kwargs = dict(info["env_kwargs"], max_episode_steps=max_steps)
-    camera = info["camera"]["name"]
+    camera = camera_names(info["camera"])
     pairs = protocol_seeds(params, seed_start, episodes)
     env = make_env(task, kwargs)
     rows: list[dict[str, Any]] = []

@@ -27,9 +27,26 @@ def env_kwargs(
         "sim_backend": sim_backend,
         "render_mode": "rgb_array",
         "max_episode_steps": max_episode_steps,
-        "sensor_configs": {camera.name: sensor_config(camera)},
+        "sensor_configs": sensor_configs(camera),
         "human_render_camera_configs": {"shader_pack": camera.shader},
     }
+
+
+HAND_CAMERA = "hand_camera"  # the camera panda_wristcam carries on its gripper
+
+
+def sensor_configs(camera: CameraParams) -> dict[str, Any]:
+    """ManiSkill ``sensor_configs`` for every camera a frame is made of."""
+    configs = {camera.name: sensor_config(camera)}
+    if camera.hand_camera:  # same size and shader; its pose is the robot's
+        configs[HAND_CAMERA] = {"width": camera.width, "height": camera.height, "shader_pack": camera.shader}
+    return configs
+
+
+def camera_names(camera: dict[str, Any]) -> list[str]:
+    """The sensors a frame is tiled from, left to right, given a manifest's ``camera``
+    (older manifests have no ``hand_camera`` key: one camera)."""
+    return [camera["name"]] + ([HAND_CAMERA] if camera.get("hand_camera") else [])
 
 
 def sensor_config(camera: CameraParams) -> dict[str, Any]:
@@ -104,10 +121,14 @@ def step_unobserved(env: Any, action: Any) -> dict:
     return base.get_info()
 
 
-def frame_of(obs: dict, camera: str) -> np.ndarray:
-    """The camera's RGB frame of the first (only) env: (H, W, 3) uint8."""
-    rgb = obs["sensor_data"][camera]["rgb"]
-    return np.asarray(rgb[0].cpu().numpy() if hasattr(rgb, "cpu") else rgb[0], dtype=np.uint8)
+def frame_of(obs: dict, cameras: str | list[str]) -> np.ndarray:
+    """The RGB frame of the first (only) env: (H, W, 3) uint8 for one camera; for several,
+    their images side by side, (H, n * W, 3)."""
+    images = []
+    for camera in [cameras] if isinstance(cameras, str) else cameras:
+        rgb = obs["sensor_data"][camera]["rgb"]
+        images.append(np.asarray(rgb[0].cpu().numpy() if hasattr(rgb, "cpu") else rgb[0], dtype=np.uint8))
+    return images[0] if len(images) == 1 else np.concatenate(images, axis=1)
 
 
 GOAL_DIM = 3

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 
 from par.config import TrainConfig
 
+HAND_CAMERA_ROBOT = "panda_wristcam"
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -34,6 +36,16 @@ class CameraParams(Section):
     eye: tuple[float, float, float] | None = None
     target: tuple[float, float, float] | None = None
     fov: float | None = Field(default=None, gt=0.0, lt=3.1)
+    # Also the camera on the Panda's hand (robot_uids: panda_wristcam), same size and
+    # shader, tiled to the right of this one: a frame is then H x 2W. At 64x64 the base
+    # view shows a cube as 4-5 pixels; the hand camera sees the grasp at full size.
+    hand_camera: bool = False
+
+    def manifest(self) -> dict[str, Any]:
+        """The camera as manifests and policies record it. Options left at None, and
+        hand_camera when off, are left out: the default camera's entry is the same as
+        before they existed, so older policies still match newer datasets."""
+        return self.model_dump(exclude_none=True, exclude=None if self.hand_camera else {"hand_camera"})
 
     @model_validator(mode="after")
     def _eye_needs_target(self) -> CameraParams:
@@ -55,6 +67,15 @@ class CollectParams(Section):
     # Planner processes; 1 = in-process.
     workers: PositiveInt = 1
     sim_backend: Literal["physx_cpu", "cpu", "auto"] = "physx_cpu"
+
+    @model_validator(mode="after")
+    def _hand_camera_needs_its_robot(self) -> CollectParams:
+        if self.camera.hand_camera and self.robot_uids != HAND_CAMERA_ROBOT:
+            raise ValueError(
+                f"camera.hand_camera needs robot_uids: {HAND_CAMERA_ROBOT} (the Panda with a camera on its "
+                f"hand), got {self.robot_uids!r}"
+            )
+        return self
 
 
 class ValidateParams(Section):

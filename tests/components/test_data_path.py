@@ -193,3 +193,31 @@ def test_camera_pose_from_params_changes_the_view():
     # The closer view gives the blue cube more pixels.
     blue = [int(((f[..., 2] > 120) & (f[..., 0] < 80) & (f[..., 1] < 110)).sum()) for f in frames]
     assert blue[1] >= 2 * blue[0] > 0, blue
+
+
+def test_hand_camera_is_tiled_beside_the_base_camera():
+    """camera.hand_camera renders panda_wristcam's hand camera at the same size and puts
+    it right of the base view; the manifest entry names it so evaluation tiles the same."""
+    import json
+
+    import numpy as np
+
+    from components.maniskill import camera_names, env_kwargs, frame_of, make_env
+    from components.params import CameraParams
+
+    camera = CameraParams(hand_camera=True)
+    assert camera_names(camera.manifest()) == ["base_camera", "hand_camera"]
+    assert camera_names(CameraParams().manifest()) == ["base_camera"]
+    assert "hand_camera" not in CameraParams().manifest()  # older manifests stay equal
+    kwargs = json.loads(json.dumps(env_kwargs("pd_joint_pos", camera, "panda_wristcam", "physx_cpu", 50)))
+    env = make_env("PickCube-v1", kwargs)
+    try:
+        obs, _ = env.reset(seed=0)
+        frame = frame_of(obs, camera_names(camera.manifest()))
+        base = frame_of(obs, "base_camera")
+    finally:
+        env.close()
+    assert frame.shape == (64, 128, 3) and frame.dtype == np.uint8
+    np.testing.assert_array_equal(frame[:, :64], base)
+    # The right half is another view: the hand camera looking down past the fingers.
+    assert np.abs(frame[:, 64:].astype(np.float32) - base).mean() > 10.0

@@ -33,6 +33,7 @@ def test_repository_params_and_profiles_are_valid():
         ("collect: {camera: {eye: [1, 0, 1], target: [1, 0, 1]}}\n", "no direction"),
         ("collect: {camera: {eye: [1, 0], target: [0, 0, 0]}}\n", "collect.camera.eye"),
         ("collect: {camera: {fov: -1}}\n", "collect.camera.fov"),
+        ("collect: {camera: {hand_camera: true}}\n", "hand_camera needs robot_uids: panda_wristcam"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):
