@@ -31,7 +31,17 @@ from typing import Any
 import numpy as np
 
 from components.common import ComponentError, atomic_output, log, run_cli, write_json
-from components.maniskill import camera_names, env_kwargs, frame_of, make_env, planner_for, proprio_of, scalar, versions
+from components.maniskill import (
+    DEFAULT_PROPRIO,
+    camera_names,
+    env_kwargs,
+    frame_of,
+    make_env,
+    planner_for,
+    proprio_of,
+    scalar,
+    versions,
+)
 from components.params import CollectParams, load_params
 
 MAX_EPISODE_STEPS = 1000  # the planner decides when an episode ends, not the TimeLimit
@@ -41,8 +51,9 @@ FORMAT = "par-demos-v2"
 class Recorder:
     """Wraps an env; keeps frames, proprio, actions and success of the current episode."""
 
-    def __init__(self, env: Any, camera: str | list[str]) -> None:
+    def __init__(self, env: Any, camera: str | list[str], proprio: list[str] | None = None) -> None:
         self.env, self.camera = env, camera
+        self.parts = proprio or DEFAULT_PROPRIO
         self.frames: list[np.ndarray] = []
         self.proprio: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
@@ -57,7 +68,7 @@ class Recorder:
 
     def reset(self, **kwargs: Any) -> tuple:
         obs, info = self.env.reset(**kwargs)
-        self.frames, self.proprio = [frame_of(obs, self.camera)], [proprio_of(obs)]
+        self.frames, self.proprio = [frame_of(obs, self.camera)], [proprio_of(obs, self.parts)]
         self.actions, self.success = [], []
         return obs, info
 
@@ -66,7 +77,7 @@ class Recorder:
         action = action.cpu().numpy() if hasattr(action, "cpu") else action
         self.actions.append(np.asarray(action, dtype=np.float32).reshape(-1))
         self.frames.append(frame_of(obs, self.camera))
-        self.proprio.append(proprio_of(obs))
+        self.proprio.append(proprio_of(obs, self.parts))
         self.success.append(bool(scalar(info["success"])))
         return obs, reward, terminated, truncated, info
 
@@ -74,11 +85,11 @@ class Recorder:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(task: str, kwargs: dict[str, Any], camera: list[str]) -> None:
+def _init_worker(task: str, kwargs: dict[str, Any], camera: list[str], proprio: list[str]) -> None:
     import logging
 
     logging.getLogger("mani_skill").setLevel(logging.ERROR)
-    _WORKER["env"] = Recorder(make_env(task, kwargs), camera)
+    _WORKER["env"] = Recorder(make_env(task, kwargs), camera, proprio)
     _WORKER["solve"] = planner_for(task)
 
 
@@ -104,17 +115,17 @@ def _attempt(seed: int) -> dict[str, Any]:
     }
 
 
-def _attempts(task: str, kwargs: dict[str, Any], camera: list[str], seeds: range, workers: int):
+def _attempts(task: str, kwargs: dict[str, Any], camera: list[str], proprio: list[str], seeds: range, workers: int):
     """Yield attempt results in seed order, planning in ``workers`` processes."""
     if workers == 1:
-        _init_worker(task, kwargs, camera)
+        _init_worker(task, kwargs, camera, proprio)
         try:
             yield from map(_attempt, seeds)
         finally:
             _WORKER.pop("env").close()
         return
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(task, kwargs, camera)) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(task, kwargs, camera, proprio)) as pool:
         yield from pool.imap(_attempt, seeds, chunksize=1)
         pool.terminate()
 
@@ -135,7 +146,7 @@ def collect_task(task: str, params: CollectParams, out: Path, progress: bool = T
         (tmp / "episodes").mkdir()
         bar = tqdm(total=wanted, desc=f"collect {task}", unit="demo", disable=not progress)
         attempts = 0
-        results = _attempts(task, kwargs, camera_names(params.camera.manifest()), seeds, params.workers)
+        results = _attempts(task, kwargs, camera_names(params.camera.manifest()), params.proprio, seeds, params.workers)
         for result in results:
             attempts += 1
             if not result["ok"]:
@@ -212,6 +223,7 @@ def build_manifest(
         "seeds": [k["seed"] for k in kept],
         "failed_seeds": failures,
         "action_dim": int(actions.shape[1]),
+        "proprio": params.proprio,
         "proprio_dim": int(proprio.shape[1]),
         "action_min": actions.min(0).tolist(),
         "action_max": actions.max(0).tolist(),

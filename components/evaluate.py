@@ -30,7 +30,17 @@ import numpy as np
 import torch
 
 from components.common import ComponentError, atomic_output, log, read_json, run_cli, write_json
-from components.maniskill import camera_names, frame_of, make_env, proprio_of, scalar, step_unobserved
+from components.maniskill import (
+    DEFAULT_PROPRIO,
+    camera_names,
+    frame_of,
+    make_env,
+    progress_flags,
+    proprio_of,
+    proprio_parts,
+    scalar,
+    step_unobserved,
+)
 from components.metrics import wilson_interval
 from components.params import EvaluateParams, load_params
 from components.policy import Policy
@@ -64,8 +74,11 @@ def run_episode(
     record: bool,
     action_steps: int | None = None,
     action_samples: int = 1,
+    parts: list[str] | None = None,
 ) -> dict[str, Any]:
-    """One closed-loop episode; returns its row (and frames when ``record``)."""
+    """One closed-loop episode; returns its row (and frames when ``record``).
+    ``parts``: the proprio layout the policy was trained on (default: the default's)."""
+    parts = parts or DEFAULT_PROPRIO
     obs, _ = env.reset(seed=env_seed)
     rollout = rollout_for(
         policy.model,
@@ -77,11 +90,12 @@ def run_episode(
     frames = [frame_of(obs, camera)] if record else []
     success_once, success, steps, failure = False, False, 0, ""
     first_success: int | None = None
+    reached: dict[str, bool] = {}  # progress flags true at some step
     policy_seconds = 0.0
     while steps < max_steps:
         started = time.perf_counter()
         latent = policy.encode_frames(frame_of(obs, camera)[None])
-        proprio = policy.normalize_proprio(proprio_of(obs)[None]) if policy.model.config.proprio_dim else None
+        proprio = policy.normalize_proprio(proprio_of(obs, parts)[None]) if policy.model.config.proprio_dim else None
         rollout.observe(latent, proprio)
         chunk = rollout.sample_actions()
         rollout.commit_actions(chunk)
@@ -99,6 +113,8 @@ def run_episode(
                 info = step_unobserved(env, action)
             steps += 1
             success = bool(scalar(info["success"]))
+            for key, flag in progress_flags(info).items():
+                reached[key] = reached.get(key, False) or flag
             if success and first_success is None:
                 first_success = steps
             success_once |= success
@@ -115,6 +131,7 @@ def run_episode(
         "first_success_step": first_success,
         "policy_seconds": round(policy_seconds, 3),
         "failure": failure,
+        "reached": reached,
     }
     if record:
         row["frames"] = np.stack(frames)
@@ -123,6 +140,7 @@ def run_episode(
 
 def summarize(rows: list[dict[str, Any]], task: str) -> dict[str, Any]:
     n = len(rows)
+    flags = sorted({key for r in rows for key in r.get("reached", {})})
     once = sum(r["success_once"] for r in rows)
     low, high = wilson_interval(once, n)
     return {
@@ -133,6 +151,9 @@ def summarize(rows: list[dict[str, Any]], task: str) -> dict[str, Any]:
         "wilson_low": round(low, 4),
         "wilson_high": round(high, 4),
         "mean_episode_steps": round(float(np.mean([r["steps"] for r in rows])), 2) if n else 0.0,
+        # Fraction of episodes where each progress flag was ever true (rows from before
+        # the flags were recorded count as not reached).
+        "reached": {key: round(sum(r.get("reached", {}).get(key, False) for r in rows) / n, 4) for key in flags},
         "failed_to_act": sum(bool(r["failure"]) for r in rows),
         "seeds": [rows[0]["seed"], rows[-1]["seed"]] if n else [],
     }
@@ -148,6 +169,11 @@ def check_compatible(policy: Policy, task: str, manifest_info: dict[str, Any] | 
                     f"dataset/model mismatch for {task}: the dataset's {key} is {manifest_info.get(key)!r} "
                     f"but the model was trained with {info.get(key)!r}"
                 )
+        if proprio_parts(manifest_info) != proprio_parts(info):
+            raise ComponentError(
+                f"dataset/model mismatch for {task}: the dataset's proprio is {proprio_parts(manifest_info)} "
+                f"but the model was trained with {proprio_parts(info)}"
+            )
     return info
 
 
@@ -197,6 +223,7 @@ def evaluate(
                     record,
                     params.action_sampling_steps,
                     params.action_samples,
+                    proprio_parts(info),
                 )
                 if record:
                     write_video(row.pop("frames"), tmp / "videos" / f"{task}_seed{env_seed}.mp4")
@@ -219,8 +246,9 @@ def evaluate(
     finally:
         env.close()
     log.info(
-        "%s: success_once %.3f [%.3f, %.3f] over %d episodes (%.0f s)",
+        "%s: success_once %.3f [%.3f, %.3f] over %d episodes (%.0f s); reached: %s",
         *(task, metrics["success_once"], metrics["wilson_low"], metrics["wilson_high"], len(rows), metrics["seconds"]),
+        ", ".join(f"{k} {v:.2f}" for k, v in metrics["reached"].items()) or "no progress flags",
     )
     return metrics
 
@@ -299,6 +327,7 @@ def log_to_mlflow(params_path: Path, task: str, model_uri: str, out: Path, metri
         import mlflow
 
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        mlflow.log_metrics({f"reached.{k}": float(v) for k, v in metrics.get("reached", {}).items()})
         mlflow.log_artifact(str(out / "episodes.json"))
         for video in sorted((out / "videos").glob("*.mp4")):
             mlflow.log_artifact(str(video), "videos")

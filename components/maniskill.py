@@ -138,18 +138,53 @@ def _first_env(value: Any) -> np.ndarray:
     return np.asarray(value[0].cpu().numpy() if hasattr(value, "cpu") else value[0], dtype=np.float32)
 
 
-def proprio_of(obs: dict) -> np.ndarray:
-    """The state vector a policy reads beside the frame: joint positions, then the goal.
+# What a proprio vector holds, in order. Older manifests and policies have no "proprio"
+# entry: they hold the default.
+PROPRIO_PARTS = ("qpos", "goal_pos", "tcp_to_goal")
+DEFAULT_PROPRIO = ["qpos", "goal_pos"]
 
-    The goal slot holds ManiSkill's ``extra.goal_pos`` where a visual observation
-    carries it: the goals the camera cannot see (PickCube's goal site is hidden from
-    cameras, so without it the task is a guess). Tasks whose goal is in view (PushCube's
-    target, StackCube's second cube) get zeros, so every task has the same size and one
-    multi-task model reads them all.
+
+def proprio_parts(info: dict[str, Any]) -> list[str]:
+    """The proprio layout a manifest or a policy's task info records."""
+    return list(info.get("proprio", DEFAULT_PROPRIO))
+
+
+def proprio_of(obs: dict, parts: list[str] | tuple[str, ...] = tuple(DEFAULT_PROPRIO)) -> np.ndarray:
+    """The state vector a policy reads beside the frame, ``parts`` in order:
+
+    * ``qpos``: the robot's joint positions (9 for the Panda).
+    * ``goal_pos``: ManiSkill's ``extra.goal_pos`` where a visual observation carries it:
+      the goals the camera cannot see (PickCube's goal site is hidden from cameras, so
+      without it the task is a guess). Tasks whose goal is in view (PushCube's target,
+      StackCube's second cube) get zeros, so every task has the same size and one
+      multi-task model reads them all.
+    * ``tcp_to_goal``: that goal minus the gripper's position (``extra.tcp_pose``), zeros
+      where there is no goal slot: the error a policy has to drive to zero, instead of
+      an absolute point it has to turn into joint angles itself.
     """
-    goal = obs.get("extra", {}).get("goal_pos")
-    goal = np.zeros(GOAL_DIM, np.float32) if goal is None else _first_env(goal)
-    return np.concatenate([_first_env(obs["agent"]["qpos"]), goal])
+    extra = obs.get("extra", {})
+    goal = extra.get("goal_pos")
+    values = {
+        "qpos": lambda: _first_env(obs["agent"]["qpos"]),
+        "goal_pos": lambda: np.zeros(GOAL_DIM, np.float32) if goal is None else _first_env(goal),
+        "tcp_to_goal": lambda: (
+            np.zeros(GOAL_DIM, np.float32) if goal is None else _first_env(goal) - _first_env(extra["tcp_pose"])[:3]
+        ),
+    }
+    return np.concatenate([values[part]() for part in parts])
+
+
+def progress_flags(info: dict) -> dict[str, bool]:
+    """The task's boolean progress flags in a step's info (what its ``evaluate()``
+    reports besides success: PickCube's ``is_grasped``, ``is_obj_placed``,
+    ``is_robot_static``; StackCube's ``is_cubeA_grasped``, ``is_cubeA_on_cubeB``...):
+    where a failed episode stopped."""
+    return {
+        key: bool(scalar(value))
+        for key, value in info.items()
+        if key not in ("success", "fail")
+        and (isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"))
+    }
 
 
 def scalar(value: Any) -> float:

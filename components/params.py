@@ -67,6 +67,18 @@ class CollectParams(Section):
     # Planner processes; 1 = in-process.
     workers: PositiveInt = 1
     sim_backend: Literal["physx_cpu", "cpu", "auto"] = "physx_cpu"
+    # The proprio vector, in order (components.maniskill.proprio_of): joint positions,
+    # the goal the camera cannot see, and that goal relative to the gripper.
+    proprio: list[Literal["qpos", "goal_pos", "tcp_to_goal"]] = ["qpos", "goal_pos"]
+
+    @field_validator("proprio")
+    @classmethod
+    def _proprio_parts_once(cls, parts: list[str]) -> list[str]:
+        if not parts:
+            raise ValueError("proprio needs at least one part (qpos, goal_pos, tcp_to_goal)")
+        if len(set(parts)) != len(parts):
+            raise ValueError(f"proprio names a part twice: {parts}")
+        return parts
 
     @model_validator(mode="after")
     def _hand_camera_needs_its_robot(self) -> CollectParams:

@@ -130,7 +130,11 @@ def save_policy(
         "action_norm": actions.to_json(),
         "proprio_norm": proprio.to_json(),
         "task_info": {
-            t: {k: stats["manifests"][t][k] for k in ("control_mode", "camera", "env_kwargs", "robot_uids", "counts")}
+            t: {
+                k: stats["manifests"][t][k]
+                for k in ("control_mode", "camera", "env_kwargs", "robot_uids", "counts", "proprio")
+                if k in stats["manifests"][t]  # "proprio": absent from older manifests
+            }
             for t in tasks
         },
         **(extra or {}),

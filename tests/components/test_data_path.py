@@ -221,3 +221,32 @@ def test_hand_camera_is_tiled_beside_the_base_camera():
     np.testing.assert_array_equal(frame[:, :64], base)
     # The right half is another view: the hand camera looking down past the fingers.
     assert np.abs(frame[:, 64:].astype(np.float32) - base).mean() > 10.0
+
+
+def test_proprio_parts_in_the_order_params_name_them():
+    """qpos, the hidden goal, and the goal relative to the gripper; zeros where a task has
+    no hidden goal (PushCube), so one multi-task model reads every task."""
+    import numpy as np
+
+    from components.maniskill import env_kwargs, make_env, proprio_of
+    from components.params import CameraParams
+
+    parts = ["qpos", "goal_pos", "tcp_to_goal"]
+    for task in ("PickCube-v1", "PushCube-v1"):
+        env = make_env(task, env_kwargs("pd_joint_pos", CameraParams(), "panda", "physx_cpu", 50))
+        try:
+            obs, _ = env.reset(seed=0)
+            tcp = env.unwrapped.agent.tcp.pose.p[0].numpy()
+            goal = obs["extra"].get("goal_pos")
+        finally:
+            env.close()
+        full, default = proprio_of(obs, parts), proprio_of(obs)
+        assert full.shape == (15,) and default.shape == (12,)
+        np.testing.assert_array_equal(full[:12], default)
+        np.testing.assert_array_equal(proprio_of(obs, ["tcp_to_goal", "qpos"])[3:], full[:9])
+        if goal is None:
+            assert not full[9:].any(), task
+        else:
+            np.testing.assert_allclose(full[9:12], goal[0].numpy())
+            np.testing.assert_allclose(full[12:], goal[0].numpy() - tcp, atol=1e-6)
+            assert np.abs(full[12:]).max() > 0.01

@@ -117,6 +117,13 @@ def test_dataset_model_mismatch_is_a_clear_error(policy_dir, smoke_params, demos
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     result = _evaluate_cli(smoke_params, tmp_path, "--model-uri", str(policy_dir), "--dataset", str(dataset))
     assert result.returncode == 2 and "dataset/model mismatch" in result.stderr and "control_mode" in result.stderr
+    # A proprio layout other than the policy's (which has the default) is refused too.
+    manifest = json.loads((demos / "PushCube-v1" / "manifest.json").read_text())
+    assert manifest["proprio"] == ["qpos", "goal_pos"]
+    manifest["proprio"] = ["qpos", "goal_pos", "tcp_to_goal"]
+    (dataset / "manifest.json").write_text(json.dumps(manifest))
+    result = _evaluate_cli(smoke_params, tmp_path, "--model-uri", str(policy_dir), "--dataset", str(dataset))
+    assert result.returncode == 2 and "proprio" in result.stderr and "tcp_to_goal" in result.stderr
     result = subprocess.run(
         [
             sys.executable,
@@ -195,3 +202,41 @@ def test_unrendered_steps_reach_the_same_state_as_env_step():
     finally:
         for env in envs:
             env.close()
+
+
+def test_progress_flags_say_where_an_episode_stopped():
+    """The task's boolean info flags (not success, not counters) become per-episode
+    'reached' flags and their rates in the metrics."""
+    from components.evaluate import summarize
+    from components.maniskill import env_kwargs, make_env, progress_flags
+    from components.params import CameraParams
+
+    env = make_env("PickCube-v1", env_kwargs("pd_joint_pos", CameraParams(), "panda", "physx_cpu", 50))
+    try:
+        env.reset(seed=0)
+        _, _, _, _, info = env.step(np.zeros(8, np.float32))
+    finally:
+        env.close()
+    flags = progress_flags(info)
+    assert set(flags) == {"is_grasped", "is_obj_placed", "is_robot_static"}, flags
+    assert flags["is_grasped"] is False and flags["is_obj_placed"] is False
+    rows = [
+        {
+            "seed": 0,
+            "success_once": False,
+            "success_at_end": False,
+            "steps": 5,
+            "failure": "",
+            "reached": {"is_grasped": True},
+        },
+        {
+            "seed": 1,
+            "success_once": False,
+            "success_at_end": False,
+            "steps": 5,
+            "failure": "",
+            "reached": {"is_grasped": False},
+        },
+        {"seed": 2, "success_once": False, "success_at_end": False, "steps": 5, "failure": ""},  # an older row
+    ]
+    assert summarize(rows, "PickCube-v1")["reached"] == {"is_grasped": round(1 / 3, 4)}

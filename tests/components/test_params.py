@@ -34,6 +34,9 @@ def test_repository_params_and_profiles_are_valid():
         ("collect: {camera: {eye: [1, 0], target: [0, 0, 0]}}\n", "collect.camera.eye"),
         ("collect: {camera: {fov: -1}}\n", "collect.camera.fov"),
         ("collect: {camera: {hand_camera: true}}\n", "hand_camera needs robot_uids: panda_wristcam"),
+        ("collect: {proprio: [qpos, qpos]}\n", "collect.proprio"),
+        ("collect: {proprio: [qpos, joint_torques]}\n", "collect.proprio"),
+        ("collect: {proprio: []}\n", "at least one part"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):
