@@ -25,6 +25,7 @@ import argparse
 import math
 import multiprocessing as mp
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ import numpy as np
 
 from components.common import ComponentError, atomic_output, log, run_cli, write_json
 from components.maniskill import (
-    DEFAULT_PROPRIO,
     camera_names,
     env_kwargs,
     frame_of,
@@ -42,7 +42,7 @@ from components.maniskill import (
     scalar,
     versions,
 )
-from components.params import CollectParams, load_params
+from components.params import DEFAULT_PROPRIO, CollectParams, load_params
 
 MAX_EPISODE_STEPS = 1000  # the planner decides when an episode ends, not the TimeLimit
 FORMAT = "par-demos-v2"
@@ -51,9 +51,8 @@ FORMAT = "par-demos-v2"
 class Recorder:
     """Wraps an env; keeps frames, proprio, actions and success of the current episode."""
 
-    def __init__(self, env: Any, camera: str | list[str], proprio: list[str] | None = None) -> None:
-        self.env, self.camera = env, camera
-        self.parts = proprio or DEFAULT_PROPRIO
+    def __init__(self, env: Any, camera: str | list[str], proprio: Sequence[str] = DEFAULT_PROPRIO) -> None:
+        self.env, self.camera, self.parts = env, camera, proprio
         self.frames: list[np.ndarray] = []
         self.proprio: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,6 @@ import torch
 
 from components.common import ComponentError, atomic_output, log, read_json, run_cli, write_json
 from components.maniskill import (
-    DEFAULT_PROPRIO,
     camera_names,
     frame_of,
     make_env,
@@ -42,7 +42,7 @@ from components.maniskill import (
     step_unobserved,
 )
 from components.metrics import wilson_interval
-from components.params import EvaluateParams, load_params
+from components.params import DEFAULT_PROPRIO, EvaluateParams, load_params
 from components.policy import Policy
 from par.sampling import rollout_for
 
@@ -74,11 +74,10 @@ def run_episode(
     record: bool,
     action_steps: int | None = None,
     action_samples: int = 1,
-    parts: list[str] | None = None,
+    parts: Sequence[str] = DEFAULT_PROPRIO,
 ) -> dict[str, Any]:
     """One closed-loop episode; returns its row (and frames when ``record``).
-    ``parts``: the proprio layout the policy was trained on (default: the default's)."""
-    parts = parts or DEFAULT_PROPRIO
+    ``parts``: the proprio layout the policy was trained on."""
     obs, _ = env.reset(seed=env_seed)
     rollout = rollout_for(
         policy.model,

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import urllib.error
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from components.common import ComponentError, use_software_vulkan
-from components.params import CameraParams
+from components.params import DEFAULT_PROPRIO, CameraParams
 
 
 def env_kwargs(
@@ -138,18 +139,13 @@ def _first_env(value: Any) -> np.ndarray:
     return np.asarray(value[0].cpu().numpy() if hasattr(value, "cpu") else value[0], dtype=np.float32)
 
 
-# What a proprio vector holds, in order. Older manifests and policies have no "proprio"
-# entry: they hold the default.
-PROPRIO_PARTS = ("qpos", "goal_pos", "tcp_to_goal")
-DEFAULT_PROPRIO = ["qpos", "goal_pos"]
-
-
 def proprio_parts(info: dict[str, Any]) -> list[str]:
-    """The proprio layout a manifest or a policy's task info records."""
+    """The proprio layout a manifest or a policy's task info records (older ones record
+    none: they hold the default)."""
     return list(info.get("proprio", DEFAULT_PROPRIO))
 
 
-def proprio_of(obs: dict, parts: list[str] | tuple[str, ...] = tuple(DEFAULT_PROPRIO)) -> np.ndarray:
+def proprio_of(obs: dict, parts: Sequence[str] = DEFAULT_PROPRIO) -> np.ndarray:
     """The state vector a policy reads beside the frame, ``parts`` in order:
 
     * ``qpos``: the robot's joint positions (9 for the Panda).

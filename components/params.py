@@ -16,6 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from par.config import TrainConfig
 
 HAND_CAMERA_ROBOT = "panda_wristcam"
+# What a proprio vector can hold (components.maniskill.proprio_of), and what it holds by
+# default: also the layout of manifests and policies that do not record one.
+ProprioPart = Literal["qpos", "goal_pos", "tcp_to_goal"]
+DEFAULT_PROPRIO: tuple[ProprioPart, ...] = ("qpos", "goal_pos")
+
+
+def _distinct(values: list[str], what: str, noun: str) -> list[str]:
+    """``values``, if it names at least one ``noun`` and none twice."""
+    if not values:
+        raise ValueError(f"{what} must name at least one {noun}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} names a {noun} twice: {values}")
+    return values
 
 
 class Section(BaseModel):
@@ -69,16 +82,12 @@ class CollectParams(Section):
     sim_backend: Literal["physx_cpu", "cpu", "auto"] = "physx_cpu"
     # The proprio vector, in order (components.maniskill.proprio_of): joint positions,
     # the goal the camera cannot see, and that goal relative to the gripper.
-    proprio: list[Literal["qpos", "goal_pos", "tcp_to_goal"]] = ["qpos", "goal_pos"]
+    proprio: list[ProprioPart] = list(DEFAULT_PROPRIO)
 
     @field_validator("proprio")
     @classmethod
     def _proprio_parts_once(cls, parts: list[str]) -> list[str]:
-        if not parts:
-            raise ValueError("proprio needs at least one part (qpos, goal_pos, tcp_to_goal)")
-        if len(set(parts)) != len(parts):
-            raise ValueError(f"proprio names a part twice: {parts}")
-        return parts
+        return _distinct(parts, "proprio", "part")
 
     @model_validator(mode="after")
     def _hand_camera_needs_its_robot(self) -> CollectParams:
@@ -227,11 +236,7 @@ class Params(Section):
     @field_validator("tasks")
     @classmethod
     def _tasks(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("tasks must name at least one task")
-        if len(set(value)) != len(value):
-            raise ValueError(f"tasks lists a task twice: {value}")
-        return value
+        return _distinct(value, "tasks", "task")
 
     @property
     def validate_params(self) -> ValidateParams:
