@@ -95,10 +95,10 @@ def test_s3_remote_push_wipe_pull_gives_identical_data(tmp_path):
 def test_smoke_pipeline_with_dvc_repro_against_mlflow_server(tmp_path):
     """The whole pipeline (smoke profile) under `dvc repro`, tracked by a real MLflow server;
     then a change to one stage's parameter re-runs that stage and what follows only.
-    Two tasks are enough for the foreach stages here; all three run end to end through
-    Airflow (tests/dags) and in the component tests."""
+    All three tasks, 2 episodes each: the CI end-to-end run (the Airflow tests run
+    PushCube only)."""
     params = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
-    params["tasks"] = ["PushCube-v1", "PickCube-v1"]
+    assert params["tasks"] == ["PushCube-v1", "PickCube-v1", "StackCube-v1"]
     repo = project_copy(tmp_path, params)
     with mlflow_server(tmp_path / "mlflow") as uri:
         env = {"MLFLOW_TRACKING_URI": uri, "PAR_PIPELINE_KEY": "dvc-smoke"}

@@ -16,6 +16,7 @@ from components.evaluate import evaluate, merge, protocol_seeds
 from components.metrics import wilson_interval
 from components.params import EvaluateParams, load_params
 from components.policy import load_policy
+from tests.cli import run_module
 
 pytestmark = [pytest.mark.simulator, pytest.mark.slow]
 
@@ -75,26 +76,17 @@ def test_a_policy_that_emits_nan_fails_its_episodes_without_crashing(policy_dir,
 
 
 def _evaluate_cli(smoke_params, tmp_path, *extra):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "components.evaluate",
-            "--params",
-            str(smoke_params),
-            "--task",
-            "PushCube-v1",
-            "--out",
-            str(tmp_path / "out"),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-    )
+    args = ["--params", str(smoke_params), "--task", "PushCube-v1", "--out", str(tmp_path / "out"), *extra]
+    return run_module("components.evaluate", *args)
 
 
 def test_bad_model_uri_is_a_clear_error(smoke_params, tmp_path):
-    result = _evaluate_cli(smoke_params, tmp_path, "--model-uri", str(tmp_path / "no_such_policy"))
+    # A real process once: the exit code of `python -m` itself.
+    cmd = ["--params", str(smoke_params), "--task", "PushCube-v1", "--out", str(tmp_path / "out")]
+    missing = ["--model-uri", str(tmp_path / "no_such_policy")]
+    result = subprocess.run(
+        [sys.executable, "-m", "components.evaluate", *cmd, *missing], capture_output=True, text=True
+    )
     assert result.returncode == 2 and "no_such_policy" in result.stderr
     result = _evaluate_cli(smoke_params, tmp_path, "--model-uri", "models:/par-never-registered@champion")
     assert result.returncode == 2 and "cannot resolve model URI" in result.stderr
@@ -124,22 +116,10 @@ def test_dataset_model_mismatch_is_a_clear_error(policy_dir, smoke_params, demos
     (dataset / "manifest.json").write_text(json.dumps(manifest))
     result = _evaluate_cli(smoke_params, tmp_path, "--model-uri", str(policy_dir), "--dataset", str(dataset))
     assert result.returncode == 2 and "proprio" in result.stderr and "tcp_to_goal" in result.stderr
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "components.evaluate",
-            "--params",
-            str(smoke_params),
-            "--task",
-            "PegInsertionSide-v1",
-            "--model-uri",
-            str(policy_dir),
-            "--out",
-            str(tmp_path / "o2"),
-        ],
-        capture_output=True,
-        text=True,
+    result = run_module(
+        "components.evaluate",
+        *("--params", str(smoke_params), "--task", "PegInsertionSide-v1"),
+        *("--model-uri", str(policy_dir), "--out", str(tmp_path / "o2")),
     )
     assert result.returncode == 2 and "not trained on task 'PegInsertionSide-v1'" in result.stderr
 

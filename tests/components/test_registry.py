@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from components.registry import Registry, resolve_policy
+from tests.cli import Completed, run_module
 from tests.components.conftest import write_params
 from tests.servers import mlflow_server
 
@@ -38,30 +39,13 @@ def _eval_root(tmp: Path, rates: dict[str, float], episodes: int = 125) -> Path:
     return root
 
 
-def _gate(params: Path, policy: Path, eval_root: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "components.gate",
-            "--params",
-            str(params),
-            "--policy",
-            str(policy),
-            "--eval-root",
-            str(eval_root),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+def _gate(params: Path, policy: Path, eval_root: Path, out: Path) -> Completed:
+    args = ["--params", str(params), "--policy", str(policy), "--eval-root", str(eval_root), "--out", str(out)]
+    return run_module("components.gate", *args)
 
 
-def _promote(params: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "components.promote", "--params", str(params), *args], capture_output=True, text=True
-    )
+def _promote(params: Path, *args: str) -> Completed:
+    return run_module("components.promote", "--params", str(params), *args)
 
 
 def test_gate_promote_rollback_cycle(tracking, policy_dir, tmp_path):
@@ -96,7 +80,10 @@ def test_gate_promote_rollback_cycle(tracking, policy_dir, tmp_path):
 
     # 3. ... and exits 1 when params ask for it.
     strict = write_params(tmp_path / "strict.yaml", gate={**gate, "fail_on_refusal": True})
-    result = _gate(strict, policy_dir, _eval_root(tmp_path / "v3", {t: 0.5 for t in tasks}), tmp_path / "g3.json")
+    # (a real process once: the exit code of `python -m` itself)
+    v3 = _eval_root(tmp_path / "v3", {t: 0.5 for t in tasks})
+    args = ["--params", str(strict), "--policy", str(policy_dir), "--eval-root", str(v3), "--out", str(tmp_path / "g3")]
+    result = subprocess.run([sys.executable, "-m", "components.gate", *args], capture_output=True, text=True)
     assert result.returncode == 1 and "PushCube-v1: wilson_low" in result.stderr
 
     # 4. A person cannot promote version 2 without an override; with one, it is recorded.
@@ -145,22 +132,10 @@ def test_nightly_regression_check(tracking, policy_dir, tmp_path):
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     try:
         fresh = _eval_root(tmp_path / "tonight", {"PushCube-v1": 0.72})
-        bad = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "components.regression",
-                "--params",
-                str(params),
-                "--eval-root",
-                str(fresh),
-                "--out",
-                str(tmp_path / "r.json"),
-                "--webhook-url",
-                f"http://127.0.0.1:{hook.server_port}/alert",
-            ],
-            capture_output=True,
-            text=True,
+        bad = run_module(
+            "components.regression",
+            *("--params", str(params), "--eval-root", str(fresh), "--out", str(tmp_path / "r.json")),
+            *("--webhook-url", f"http://127.0.0.1:{hook.server_port}/alert"),
         )
     finally:
         hook.shutdown()
@@ -171,20 +146,9 @@ def test_nightly_regression_check(tracking, policy_dir, tmp_path):
     assert registry.tags("1")["par.nightly.status"] == "regressed"
 
     honest = _eval_root(tmp_path / "honest", {"PushCube-v1": 0.95})
-    ok = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "components.regression",
-            "--params",
-            str(params),
-            "--eval-root",
-            str(honest),
-            "--out",
-            str(tmp_path / "r2.json"),
-        ],
-        capture_output=True,
-        text=True,
+    ok = run_module(
+        "components.regression",
+        *("--params", str(params), "--eval-root", str(honest), "--out", str(tmp_path / "r2.json")),
     )
     assert ok.returncode == 0, ok.stderr
     assert registry.tags("1")["par.nightly.status"] == "ok"

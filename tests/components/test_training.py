@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from components.params import load_params
 from components.policy import load_policy
 from components.train import run
+from tests.cli import run_module
 from tests.components.conftest import write_params
 
 pytestmark = [pytest.mark.simulator, pytest.mark.slow]
@@ -116,7 +117,5 @@ def test_behaviour_cloning_baseline_trains(encoded, tmp_path):
 
 
 def test_missing_pretrained_model_is_a_clear_error(encoded, smoke_params, tmp_path):
-    result = subprocess.run(
-        _train_cmd(smoke_params, encoded, tmp_path / "nowhere", tmp_path, "x"), capture_output=True, text=True
-    )
+    result = run_module(*_train_cmd(smoke_params, encoded, tmp_path / "nowhere", tmp_path, "x")[2:])
     assert result.returncode == 2 and "pretrained model" in result.stderr and "run pretrain first" in result.stderr

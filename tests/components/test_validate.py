@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.cli import Completed, run_module
+
 pytestmark = [pytest.mark.simulator, pytest.mark.slow]
 
 
@@ -26,22 +28,8 @@ def _arrays(dataset: Path, episode: int) -> dict:
         return {k: data[k] for k in data.files}
 
 
-def _run(dataset: Path, params: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "components.validate",
-            "--params",
-            str(params),
-            "--dataset",
-            str(dataset),
-            "--out",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-    )
+def _run(dataset: Path, params: Path, out: Path) -> Completed:
+    return run_module("components.validate", "--params", str(params), "--dataset", str(dataset), "--out", str(out))
 
 
 def nan_action(ds):

@@ -4,10 +4,12 @@ stack (api-server, scheduler, dag-processor) triggered through REST and through 
 in headless Chromium. Every process is stopped by its process group in teardown, also
 when a test fails (the servers' context managers and AirflowStack.stop run in finally).
 
-To keep the wall time down, the smoke ``airflow dags test`` starts in the background
+To keep the wall time down, the ``airflow dags test`` run starts in the background
 when the module starts and runs while the live-stack test runs (the live runs have an
 MLflow server of their own, so that neither moves the other's aliases); the training
-and nightly tests then wait for it.
+and nightly tests then wait for it. Every run here uses the ci-airflow profile
+(PushCube only): three pipelines share 2 cores. The three tasks run end to end under
+``dvc repro`` (tests/test_dvc.py) and in the component tests.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
 BUCKET = "par-mlflow"
 MODEL = "par-policy"
+PROFILE = "ci-airflow"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 CHROMIUM_ARGS = [
     "--headless",
@@ -53,7 +56,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 
-# The smoke run alone is several minutes on 2 cores (far more when they are shared).
+# A pipeline run is minutes on 2 cores (far more when they are shared).
 pytestmark = [pytest.mark.server, pytest.mark.simulator, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
@@ -109,9 +112,9 @@ def client(tracking: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
     return mlflow_client(tracking, monkeypatch)
 
 
-class SmokeRun:
-    """``airflow dags test par_training`` with the smoke profile (runner local), started
-    in the background; :meth:`result` waits for it."""
+class TrainingRun:
+    """``airflow dags test par_training`` with the ci-airflow profile (runner local),
+    started in the background; :meth:`result` waits for it."""
 
     def __init__(self, home: Path, tracking: dict[str, str]) -> None:
         self.home = home
@@ -120,7 +123,7 @@ class SmokeRun:
         self.log = home / "par_training.log"
         db_migrate(self.env, home / "migrate.log")
         self.started = time.perf_counter()
-        cmd = [AIRFLOW, "dags", "test", "par_training", "-c", json.dumps({"profile": "smoke"})]
+        cmd = [AIRFLOW, "dags", "test", "par_training", "-c", json.dumps({"profile": PROFILE})]
         self.proc = spawn(cmd, self.env, self.log)
         self._result: dict[str, Any] | None = None
 
@@ -149,14 +152,14 @@ class SmokeRun:
 
 
 @pytest.fixture(scope="module")
-def smoke_run(
+def training_run(
     request: pytest.FixtureRequest, tracking: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SmokeRun | None]:
-    """Starts the smoke run at once when a selected test needs its model (else None)."""
+) -> Iterator[TrainingRun | None]:
+    """Starts the training run at once when a selected test needs its model (else None)."""
     if not any("trained" in item.fixturenames for item in request.session.items):
         yield None
         return
-    run = SmokeRun(tmp_path_factory.mktemp("airflow"), tracking)
+    run = TrainingRun(tmp_path_factory.mktemp("airflow"), tracking)
     try:
         yield run
     finally:
@@ -164,8 +167,8 @@ def smoke_run(
 
 
 @pytest.fixture(scope="module")
-def trained(smoke_run: SmokeRun) -> dict[str, Any]:
-    return smoke_run.result()
+def trained(training_run: TrainingRun) -> dict[str, Any]:
+    return training_run.result()
 
 
 # ------------------------------------------------------------------ live Airflow
@@ -218,8 +221,8 @@ def ui_screenshot_run(url: str, user: str, password: str, run_id: str, shots: Pa
         (shots / "airflow-finished-run.html").write_text(page.content())
 
 
-def test_live_airflow_runs_triggered_from_rest_and_ui_concurrently(s3, smoke_run, tmp_path, monkeypatch):
-    """Defined first: it runs while the smoke run (started by ``smoke_run``) goes on."""
+def test_live_airflow_runs_triggered_from_rest_and_ui_concurrently(s3, training_run, tmp_path, monkeypatch):
+    """Defined first: it runs while the training run (started by ``training_run``) goes on."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     home = tmp_path / "airflow"
     with contextlib.ExitStack() as cleanup:
@@ -267,15 +270,15 @@ def alias_version(client: Any, alias: str) -> str | None:
 def test_training_dag_registers_a_version_and_moves_aliases_as_the_gate_decided(trained, tracking, client):
     folder, gate = trained["folder"], trained["gate"]
     params = yaml.safe_load((folder / "params.yaml").read_text())
-    smoke = yaml.safe_load((ROOT / "profiles" / "smoke.yaml").read_text())
+    profile = yaml.safe_load((ROOT / "profiles" / f"{PROFILE}.yaml").read_text())
     # the profile's values, not params.yaml's
-    assert params["tasks"] == smoke["tasks"] and params["collect"]["demos_per_task"] == 2
-    for task in smoke["tasks"]:
+    assert params["tasks"] == profile["tasks"] and params["collect"]["demos_per_task"] == 2
+    for task in profile["tasks"]:
         assert json.loads((folder / "metrics" / "eval" / f"{task}.json").read_text())["episodes"] == 2
 
     version = client.get_model_version(MODEL, gate["version"])
     assert alias_version(client, "candidate") == version.version
-    for task in smoke["tasks"]:
+    for task in profile["tasks"]:
         assert f"par.{task}.success_once" in version.tags and f"par.{task}.wilson_low" in version.tags
     if gate["promoted"]:
         assert alias_version(client, "champion") == version.version
@@ -313,7 +316,7 @@ def plant_champion(client: Any, version: Any, inflate: dict[str, float] | None =
 
 def nightly(trained: dict[str, Any], name: str) -> tuple[Path, float]:
     log = trained["home"] / f"nightly-{name}.log"
-    seconds = dags_test("par_nightly_eval", {"profile": "ci-airflow"}, trained["env"], log, timeout=900)
+    seconds = dags_test("par_nightly_eval", {"profile": PROFILE}, trained["env"], log, timeout=900)
     return log, seconds
 
 
@@ -329,7 +332,7 @@ def test_nightly_eval_passes_for_an_honest_champion(trained, client):
     result = json.loads((nightly_folder(trained, log) / "regression.json").read_text())
     assert result["version"] == version.version and result["regressions"] == []
     fresh = result["fresh"]["PushCube-v1"]
-    assert fresh["episodes"] == 2  # the seeds the smoke run evaluated at promotion
+    assert fresh["episodes"] == 2  # the seeds the training run evaluated at promotion
     assert fresh["success_once"] == float(version.tags["par.PushCube-v1.success_once"])
     tags = client.get_model_version(MODEL, version.version).tags
     assert tags["par.nightly.status"] == "ok" and "par.nightly.checked_at" in tags
@@ -339,7 +342,7 @@ def test_nightly_eval_fails_on_a_planted_regression_naming_task_and_rates(traine
     version = client.get_model_version(MODEL, trained["gate"]["version"])
     achieved = float(version.tags["par.PushCube-v1.success_once"])
     if achieved > 0.9:
-        pytest.skip("the smoke model succeeded too often to plant a higher recorded rate")
+        pytest.skip("the trained model succeeded too often to plant a higher recorded rate")
     planted = plant_champion(client, version, {"PushCube-v1": 1.0})
     with pytest.raises(DagRunFailedError) as failure:
         nightly(trained, "planted")
