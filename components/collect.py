@@ -25,6 +25,7 @@ import argparse
 import math
 import multiprocessing as mp
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -129,13 +130,21 @@ def _attempts(task: str, kwargs: dict[str, Any], camera: list[str], proprio: lis
         pool.terminate()
 
 
-def collect_task(task: str, params: CollectParams, out: Path, progress: bool = True) -> dict[str, Any]:
-    """Collect ``params.demos_per_task`` successful demos of ``task`` into ``out``."""
+def collect_task(
+    task: str, params: CollectParams, out: Path, progress: bool = True, max_steps: int | None = None
+) -> dict[str, Any]:
+    """Collect ``params.demos_for(task)`` successful demos of ``task`` into ``out``.
+
+    ``max_steps`` (the CLI passes ``validate.max_episode_steps``): a successful plan
+    longer than that counts as a failed attempt and the next seed is tried, so collect
+    never writes a dataset that validate then refuses. The planner sometimes succeeds
+    the long way round (a StackCube plan of 807 steps in 611 attempts, where the demos
+    take 80-131): a demo a policy should not learn from."""
     from tqdm import tqdm
 
     planner_for(task)  # fail fast on tasks without a planner
     kwargs = env_kwargs(params.control_mode, params.camera, params.robot_uids, params.sim_backend, MAX_EPISODE_STEPS)
-    wanted = params.demos_per_task
+    wanted = params.demos_for(task)
     max_attempts = math.ceil(wanted * params.max_attempts_per_demo)
     seeds = range(params.seed_start, params.seed_start + max_attempts)
     started = time.perf_counter()
@@ -148,6 +157,9 @@ def collect_task(task: str, params: CollectParams, out: Path, progress: bool = T
         results = _attempts(task, kwargs, camera_names(params.camera.manifest()), params.proprio, seeds, params.workers)
         for result in results:
             attempts += 1
+            if result["ok"] and max_steps is not None and len(result["actions"]) > max_steps:
+                reason = f"plan too long: {len(result['actions'])} steps > validate.max_episode_steps {max_steps}"
+                result = {"seed": result["seed"], "ok": False, "reason": reason}
             if not result["ok"]:
                 failures.append({"seed": result["seed"], "reason": result["reason"]})
             else:
@@ -172,9 +184,11 @@ def collect_task(task: str, params: CollectParams, out: Path, progress: bool = T
         bar.close()
         seconds = time.perf_counter() - started
         if len(kept) < wanted:
+            why = Counter(f["reason"].split(":")[0] for f in failures).most_common()
             raise ComponentError(
                 f"{task}: only {len(kept)} of {wanted} demos succeeded in {attempts} planner attempts "
-                f"(seeds {seeds.start}..{seeds.start + attempts - 1}); raise collect.max_attempts_per_demo"
+                f"(seeds {seeds.start}..{seeds.start + attempts - 1}; failed: "
+                f"{', '.join(f'{n} {reason}' for reason, n in why)}); raise collect.max_attempts_per_demo"
             )
         manifest = build_manifest(task, params, kwargs, kept, failures, attempts, seconds)
         log.info("wrote %d episodes and the manifest", len(kept))
@@ -242,17 +256,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (section collect)")
     parser.add_argument("--task", required=True, help="ManiSkill task id, e.g. PushCube-v1")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
-    parser.add_argument("--demos", type=int, help="override collect.demos_per_task")
+    parser.add_argument("--demos", type=int, help="this many demos (overrides collect.demos_per_task/demos_by_task)")
     parser.add_argument("--workers", type=int, help="override collect.workers")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     overrides = {}
     if args.demos is not None:
         overrides["collect.demos_per_task"] = args.demos
+        overrides["collect.demos_by_task"] = {}
     if args.workers is not None:
         overrides["collect.workers"] = args.workers
     params = load_params(args.params, overrides)
-    collect_task(args.task, params.collect, args.out, progress=not args.no_progress)
+    max_steps = params.validate_params.max_episode_steps
+    collect_task(args.task, params.collect, args.out, progress=not args.no_progress, max_steps=max_steps)
 
 
 if __name__ == "__main__":

@@ -71,6 +71,9 @@ class CameraParams(Section):
 
 class CollectParams(Section):
     demos_per_task: PositiveInt = 100
+    # Tasks that need more (or fewer) demos than demos_per_task, e.g. {StackCube-v1: 600}:
+    # StackCube's cubes spawn over six times PickCube's area (README).
+    demos_by_task: dict[str, PositiveInt] = {}
     seed_start: int = Field(default=0, ge=0)
     # Give up after this many planner attempts per requested demo.
     max_attempts_per_demo: float = Field(default=3.0, ge=1)
@@ -88,6 +91,9 @@ class CollectParams(Section):
     @classmethod
     def _proprio_parts_once(cls, parts: list[str]) -> list[str]:
         return _distinct(parts, "proprio", "part")
+
+    def demos_for(self, task: str) -> int:
+        return self.demos_by_task.get(task, self.demos_per_task)
 
     @model_validator(mode="after")
     def _hand_camera_needs_its_robot(self) -> CollectParams:
@@ -237,6 +243,13 @@ class Params(Section):
     @classmethod
     def _tasks(cls, value: list[str]) -> list[str]:
         return _distinct(value, "tasks", "task")
+
+    @model_validator(mode="after")
+    def _demos_of_listed_tasks(self) -> Params:
+        unknown = sorted(set(self.collect.demos_by_task) - set(self.tasks))
+        if unknown:
+            raise ValueError(f"collect.demos_by_task names {unknown}, which tasks {self.tasks} does not list")
+        return self
 
     @property
     def validate_params(self) -> ValidateParams:

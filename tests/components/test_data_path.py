@@ -16,6 +16,7 @@ import torch
 from components.encode import encode, hard_pixel_error
 from components.params import load_params
 from components.validate import validate
+from tests.cli import run_module
 from tests.components.conftest import TASKS
 
 pytestmark = [pytest.mark.simulator, pytest.mark.slow]
@@ -137,22 +138,21 @@ def test_killed_collection_leaves_no_dataset(tmp_path, smoke_params):
     assert not out.exists()
 
 
+def test_plans_longer_than_validation_allows_are_retried_then_named(tmp_path, smoke_params):
+    """A successful plan over validate.max_episode_steps counts as a failed attempt (here
+    every PushCube plan is over a bound of 5): collect fails naming why, writes nothing."""
+    from components.collect import collect_task
+    from components.common import ComponentError
+
+    params = load_params(smoke_params, {"collect.demos_per_task": 1, "collect.max_attempts_per_demo": 2})
+    with pytest.raises(ComponentError, match=r"only 0 of 1 demos .* failed: 2 plan too long"):
+        collect_task("PushCube-v1", params.collect, tmp_path / "out", progress=False, max_steps=5)
+    assert not (tmp_path / "out").exists()
+
+
 def test_task_without_planner_is_a_clear_error(tmp_path, smoke_params):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "components.collect",
-            "--params",
-            str(smoke_params),
-            "--task",
-            "OpenCabinetDrawer-v1",
-            "--out",
-            str(tmp_path / "x"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    args = ["--params", str(smoke_params), "--task", "OpenCabinetDrawer-v1", "--out", str(tmp_path / "x")]
+    result = run_module("components.collect", *args)
     assert result.returncode == 2
     assert "has no motion-planning solution" in result.stderr and "OpenCabinetDrawer-v1" in result.stderr
     assert not (tmp_path / "x").exists()

@@ -37,6 +37,8 @@ def test_repository_params_and_profiles_are_valid():
         ("collect: {proprio: [qpos, qpos]}\n", "collect.proprio"),
         ("collect: {proprio: [qpos, joint_torques]}\n", "collect.proprio"),
         ("collect: {proprio: []}\n", "at least one part"),
+        ("collect: {demos_by_task: {PushCube-v1: 0}}\n", "collect.demos_by_task.PushCube-v1"),
+        ("collect: {demos_by_task: {StackCube-v1: 600}}\n", "names ['StackCube-v1'], which tasks"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):
@@ -57,3 +59,12 @@ def test_overrides_are_validated_too(tmp_path):
     assert load_params(path, {"collect.workers": 3}).collect.workers == 3
     with pytest.raises(ParamsError, match=r"collect\.workers"):
         load_params(path, {"collect.workers": 0})
+
+
+def test_demos_by_task_overrides_demos_per_task(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "tasks: [PushCube-v1, StackCube-v1]\ncollect: {demos_per_task: 150, demos_by_task: {StackCube-v1: 600}}\n"
+    )
+    collect = load_params(path).collect
+    assert collect.demos_for("PushCube-v1") == 150 and collect.demos_for("StackCube-v1") == 600
