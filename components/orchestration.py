@@ -200,6 +200,11 @@ def run_params(ui: dict[str, Any]) -> dict[str, Any]:
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
+    by_task = data.get("collect", {}).get("demos_by_task")
+    if by_task and ui.get("tasks") is not None:
+        # The form ran fewer tasks than the profile counts demos for: keep the chosen ones'
+        # (params refuses counts for tasks it does not run, to catch misspelt names).
+        data["collect"]["demos_by_task"] = {t: n for t, n in by_task.items() if t in data.get("tasks", [])}
     return data
 
 
