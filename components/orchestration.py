@@ -192,6 +192,7 @@ def run_params(ui: dict[str, Any]) -> dict[str, Any]:
     else:
         data = default_params()
     form_defaults = materialize(default_params(), "params.yaml")
+    listed = list(data.get("tasks", []))  # the base's tasks, before the form
     for key, path in FORM_FIELDS.items():
         value = ui.get(key)
         if value is None or value == _lookup(form_defaults, path):
@@ -201,10 +202,11 @@ def run_params(ui: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
     by_task = data.get("collect", {}).get("demos_by_task")
-    if by_task and ui.get("tasks") is not None:
-        # The form ran fewer tasks than the profile counts demos for: keep the chosen ones'
-        # (params refuses counts for tasks it does not run, to catch misspelt names).
-        data["collect"]["demos_by_task"] = {t: n for t, n in by_task.items() if t in data.get("tasks", [])}
+    if by_task:
+        # Counts of base tasks the form left out go with them; any other name stays, so
+        # that params still refuses a misspelt one.
+        dropped = set(listed) - set(data.get("tasks", []))
+        data["collect"]["demos_by_task"] = {t: n for t, n in by_task.items() if t not in dropped}
     return data
 
 

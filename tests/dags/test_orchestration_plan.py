@@ -27,7 +27,7 @@ def test_form_fields_at_their_defaults_keep_the_profiles_values():
 
 def test_tasks_chosen_in_the_form_keep_only_their_own_demo_counts(tmp_path, monkeypatch):
     import components.orchestration as orchestration
-    from components.params import materialize
+    from components.params import ParamsError, materialize
 
     repo = tmp_path / "repo"
     (repo / "profiles").mkdir(parents=True)
@@ -39,6 +39,12 @@ def test_tasks_chosen_in_the_form_keep_only_their_own_demo_counts(tmp_path, monk
     data = run_params({"profile": "big", "tasks": ["PickCube-v1"]})
     assert data["tasks"] == ["PickCube-v1"] and data["collect"]["demos_by_task"] == {}
     materialize(data)  # valid: no count for a task the run does not have
+    (repo / "profiles" / "typo.yaml").write_text(
+        yaml.safe_dump({**profile, "collect": {"demos_by_task": {"Stackcube-v1": 9}}})
+    )
+    typo = run_params({"profile": "typo", "tasks": ["PushCube-v1", "StackCube-v1"]})
+    with pytest.raises(ParamsError, match="Stackcube-v1"):  # a misspelt name is not pruned away
+        materialize(typo)
 
 
 def test_unknown_profile_is_an_error_naming_the_known_ones():
