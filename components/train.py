@@ -258,7 +258,9 @@ def run(
         episodes = _video_episodes(encoded, tasks, list(params.pretrain.extra_latents))
     else:
         episodes = load_episodes(encoded, tasks, *normalizers_from_stats(stats, tasks), split="train")
-    sampler = WindowSampler(episodes, config.context_steps, config.chunk_len, video=mode == "pretrain")
+    sampler = WindowSampler(
+        episodes, config.context_steps, config.chunk_len, video=mode == "pretrain", balance_tasks=optim.balance_tasks
+    )
 
     init = "scratch"
     load_report = None

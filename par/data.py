@@ -46,14 +46,25 @@ def window_indices(length: int, start: int, steps: int, chunk: int) -> tuple[tor
 
 
 class WindowSampler:
-    """Samples batches of windows uniformly over (episode, start step)."""
+    """Samples batches of windows uniformly over (episode, start step).
 
-    def __init__(self, episodes: list[Episode], steps: int, chunk: int, video: bool = False) -> None:
+    With ``balance_tasks`` every task is equally likely first, then every env step of
+    that task's episodes: a task with four times the demos (or twice the episode length)
+    of another does not take four times the updates.
+    """
+
+    def __init__(
+        self, episodes: list[Episode], steps: int, chunk: int, video: bool = False, balance_tasks: bool = False
+    ) -> None:
         if not episodes:
             raise ValueError("no episodes to sample from")
         self.episodes, self.steps, self.chunk, self.video = episodes, steps, chunk, video
         lengths = torch.tensor([e.length for e in episodes], dtype=torch.float64)
-        self.weights = lengths / lengths.sum()  # every env step equally likely as a start
+        if balance_tasks:
+            tasks = torch.tensor([e.task for e in episodes])
+            per_task = torch.zeros(int(tasks.max()) + 1, dtype=torch.float64).index_add_(0, tasks, lengths)
+            lengths = lengths / per_task[tasks] / int((per_task > 0).sum())
+        self.weights = lengths / lengths.sum()  # every env step (of a task) equally likely as a start
 
     def window(self, episode: int, start: int) -> Batch:
         ep = self.episodes[episode]
