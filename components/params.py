@@ -178,7 +178,8 @@ class OptimParams(TrainConfig):
     # Draw every task equally often (then every env step within it) instead of every env
     # step of all tasks equally: with 600 StackCube demos beside 150 of the others, steps
     # alone would give StackCube three quarters of the updates (par.data.WindowSampler;
-    # pretrain.extra_latents count as the first task).
+    # pretrain.extra_latents count as the first task). Measured once (README, all-tasks
+    # with 600 StackCube demos): PickCube fell, so no profile sets it.
     balance_tasks: bool = False
 
 
