@@ -63,7 +63,7 @@ class WindowSampler:
         if balance_tasks:
             tasks = torch.tensor([e.task for e in episodes])
             per_task = torch.zeros(int(tasks.max()) + 1, dtype=torch.float64).index_add_(0, tasks, lengths)
-            lengths = lengths / per_task[tasks] / int((per_task > 0).sum())
+            lengths = lengths / per_task[tasks]  # each task's episodes sum to 1 before normalising
         self.weights = lengths / lengths.sum()  # every env step (of a task) equally likely as a start
 
     def window(self, episode: int, start: int) -> Batch:
