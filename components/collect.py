@@ -143,7 +143,8 @@ def collect_task(
     from tqdm import tqdm
 
     planner_for(task)  # fail fast on tasks without a planner
-    kwargs = env_kwargs(params.control_mode, params.camera, params.robot_uids, params.sim_backend, MAX_EPISODE_STEPS)
+    camera = params.camera_for(task)
+    kwargs = env_kwargs(params.control_mode, camera, params.robot_uids, params.sim_backend, MAX_EPISODE_STEPS)
     wanted = params.demos_for(task)
     max_attempts = math.ceil(wanted * params.max_attempts_per_demo)
     seeds = range(params.seed_start, params.seed_start + max_attempts)
@@ -154,7 +155,7 @@ def collect_task(
         (tmp / "episodes").mkdir()
         bar = tqdm(total=wanted, desc=f"collect {task}", unit="demo", disable=not progress)
         attempts = 0
-        results = _attempts(task, kwargs, camera_names(params.camera.manifest()), params.proprio, seeds, params.workers)
+        results = _attempts(task, kwargs, camera_names(camera.manifest()), params.proprio, seeds, params.workers)
         for result in results:
             attempts += 1
             if result["ok"] and max_steps is not None and len(result["actions"]) > max_steps:
@@ -213,13 +214,14 @@ def build_manifest(
     proprio = np.concatenate([k["proprio"] for k in kept])
     low, high = kept[0]["action_space"]
     lengths = [k["T"] for k in kept]
+    camera = params.camera_for(task)
     return {
         "format": FORMAT,
         "task": task,
         "control_mode": params.control_mode,
         "robot_uids": params.robot_uids,
-        "camera": params.camera.manifest(),
-        "frame_shape": [params.camera.height, params.camera.width * len(camera_names(params.camera.manifest())), 3],
+        "camera": camera.manifest(),
+        "frame_shape": [camera.height, camera.width * len(camera_names(camera.manifest())), 3],
         "env_kwargs": kwargs,
         "episodes": [
             {"file": f"episodes/episode_{i:05d}.npz", "seed": k["seed"], "steps": k["T"]} for i, k in enumerate(kept)

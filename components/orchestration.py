@@ -180,7 +180,7 @@ def run_params(ui: dict[str, Any]) -> dict[str, Any]:
     The form shows params.yaml's values as its defaults, so a field still at its
     default leaves the base (params.yaml or the chosen profile) alone; a field the user
     changed overrides it. Without a profile the result is the same either way."""
-    from components.params import materialize
+    from components.params import BY_TASK, materialize
 
     profile = str(ui.get("profile") or "").strip()
     if profile:
@@ -201,12 +201,13 @@ def run_params(ui: dict[str, Any]) -> dict[str, Any]:
         for part in path[:-1]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
-    by_task = data.get("collect", {}).get("demos_by_task")
-    if by_task:
-        # Counts of base tasks the form left out go with them; any other name stays, so
-        # that params still refuses a misspelt one.
-        dropped = set(listed) - set(data.get("tasks", []))
-        data["collect"]["demos_by_task"] = {t: n for t, n in by_task.items() if t not in dropped}
+    # Per-task entries of base tasks the form left out go with them; any other name
+    # stays, so that params still refuses a misspelt one.
+    dropped = set(listed) - set(data.get("tasks", []))
+    for key in BY_TASK:
+        by_task = data.get("collect", {}).get(key)
+        if by_task:
+            data["collect"][key] = {t: v for t, v in by_task.items() if t not in dropped}
     return data
 
 

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from par.config import TrainConfig
 
 HAND_CAMERA_ROBOT = "panda_wristcam"
+# collect's per-task maps: their keys must be listed tasks.
+BY_TASK = ("demos_by_task", "camera_by_task")
 # What a proprio vector can hold (components.maniskill.proprio_of), and what it holds by
 # default: also the layout of manifests and policies that do not record one.
 ProprioPart = Literal["qpos", "goal_pos", "tcp_to_goal"]
@@ -64,8 +66,27 @@ class CameraParams(Section):
     def _eye_needs_target(self) -> CameraParams:
         if (self.eye is None) != (self.target is None):
             raise ValueError("eye and target go together: give both or neither")
-        if self.eye is not None and self.eye == self.target:
-            raise ValueError(f"eye and target are the same point {list(self.eye)}: the camera has no direction")
+        _has_direction(self.eye, self.target)
+        return self
+
+
+def _has_direction(eye: tuple[float, ...] | None, target: tuple[float, ...] | None) -> None:
+    if eye is not None and eye == target:
+        raise ValueError(f"eye and target are the same point {list(eye)}: the camera has no direction")
+
+
+class CameraView(Section):
+    """Where one task's camera looks from and at (``collect.camera_by_task``). The frame's
+    size, shader and hand camera stay ``collect.camera``'s: every task's frames keep one
+    shape, one VAE and one token grid, so one multi-task model reads them all."""
+
+    eye: tuple[float, float, float]
+    target: tuple[float, float, float]
+    fov: float | None = Field(default=None, gt=0.0, lt=3.1)  # None keeps collect.camera's
+
+    @model_validator(mode="after")
+    def _looks_somewhere(self) -> CameraView:
+        _has_direction(self.eye, self.target)
         return self
 
 
@@ -80,6 +101,9 @@ class CollectParams(Section):
     control_mode: str = "pd_joint_pos"
     robot_uids: str = "panda"  # one camera on every task (StackCube's default adds a wrist camera)
     camera: CameraParams = CameraParams()
+    # Tasks seen from elsewhere than camera, e.g. a closer view of PickCube's cube where
+    # PushCube needs its goal in frame: {PickCube-v1: {eye: [...], target: [...], fov: 0.7}}.
+    camera_by_task: dict[str, CameraView] = {}
     # Planner processes; 1 = in-process.
     workers: PositiveInt = 1
     sim_backend: Literal["physx_cpu", "cpu", "auto"] = "physx_cpu"
@@ -94,6 +118,13 @@ class CollectParams(Section):
 
     def demos_for(self, task: str) -> int:
         return self.demos_by_task.get(task, self.demos_per_task)
+
+    def camera_for(self, task: str) -> CameraParams:
+        """``camera``, moved where ``camera_by_task`` places ``task``'s view."""
+        view = self.camera_by_task.get(task)
+        if view is None:
+            return self.camera
+        return CameraParams(**{**self.camera.model_dump(), **view.model_dump(exclude_none=True)})
 
     @model_validator(mode="after")
     def _hand_camera_needs_its_robot(self) -> CollectParams:
@@ -251,10 +282,11 @@ class Params(Section):
         return _distinct(value, "tasks", "task")
 
     @model_validator(mode="after")
-    def _demos_of_listed_tasks(self) -> Params:
-        unknown = sorted(set(self.collect.demos_by_task) - set(self.tasks))
-        if unknown:
-            raise ValueError(f"collect.demos_by_task names {unknown}, which tasks {self.tasks} does not list")
+    def _by_task_of_listed_tasks(self) -> Params:
+        for key in BY_TASK:
+            unknown = sorted(set(getattr(self.collect, key)) - set(self.tasks))
+            if unknown:
+                raise ValueError(f"collect.{key} names {unknown}, which tasks {self.tasks} does not list")
         return self
 
     @property

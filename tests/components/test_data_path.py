@@ -27,8 +27,15 @@ def test_collect_writes_episodes_and_manifest(demos):
         manifest = json.loads((demos / task / "manifest.json").read_text())
         assert manifest["task"] == task and manifest["control_mode"] == "pd_joint_pos"
         assert manifest["counts"]["episodes"] == 2 and len(manifest["seeds"]) == 2
-        assert manifest["camera"] == {"name": "base_camera", "width": 64, "height": 64, "shader": "minimal"}
-        assert manifest["env_kwargs"]["sensor_configs"]["base_camera"]["shader_pack"] == "minimal"
+        camera = {"name": "base_camera", "width": 64, "height": 64, "shader": "minimal"}
+        sensor = manifest["env_kwargs"]["sensor_configs"]["base_camera"]
+        if task == "StackCube-v1":  # the smoke profile's camera_by_task: its own view, same frame
+            camera |= {"eye": [0.3, 0.0, 0.4], "target": [0.0, 0.0, 0.02], "fov": 0.7}
+            assert len(sensor["pose"]) == 7 and sensor["fov"] == 0.7
+        else:
+            assert "pose" not in sensor
+        assert manifest["camera"] == camera and manifest["frame_shape"] == [64, 64, 3]
+        assert sensor["shader_pack"] == "minimal"
         assert set(manifest["versions"]) == {"mani_skill", "sapien"}
         assert len(manifest["action_min"]) == manifest["action_dim"] == 8
         for entry in manifest["episodes"]:

@@ -39,6 +39,10 @@ def test_repository_params_and_profiles_are_valid():
         ("collect: {proprio: []}\n", "at least one part"),
         ("collect: {demos_by_task: {PushCube-v1: 0}}\n", "collect.demos_by_task.PushCube-v1"),
         ("collect: {demos_by_task: {StackCube-v1: 600}}\n", "names ['StackCube-v1'], which tasks"),
+        ("collect: {camera_by_task: {PickCube-v1: {eye: [0.3, 0, 0.4], target: [0, 0, 0]}}}\n", "camera_by_task names"),
+        ("collect: {camera_by_task: {PushCube-v1: {eye: [0, 0, 1]}}}\n", "collect.camera_by_task.PushCube-v1.target"),
+        ("collect: {camera_by_task: {PushCube-v1: {eye: [1, 0, 1], target: [1, 0, 1]}}}\n", "no direction"),
+        ("collect: {camera_by_task: {PushCube-v1: {eye: [1, 0, 1], target: [0, 0, 0], width: 9}}}\n", "v1.width"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):
@@ -68,3 +72,17 @@ def test_demos_by_task_overrides_demos_per_task(tmp_path):
     )
     collect = load_params(path).collect
     assert collect.demos_for("PushCube-v1") == 150 and collect.demos_for("StackCube-v1") == 600
+
+
+def test_camera_by_task_moves_that_task_only_and_keeps_the_frame(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(
+        "tasks: [PushCube-v1, PickCube-v1]\n"
+        "collect: {camera: {width: 48, height: 48, eye: [0.45, 0, 0.6], target: [0.05, 0, 0], fov: 0.9},\n"
+        "          camera_by_task: {PickCube-v1: {eye: [0.3, 0, 0.4], target: [0, 0, 0.02]}}}\n"
+    )
+    collect = load_params(path).collect
+    assert collect.camera_for("PushCube-v1") == collect.camera
+    pick = collect.camera_for("PickCube-v1")
+    assert (pick.eye, pick.target) == ((0.3, 0.0, 0.4), (0.0, 0.0, 0.02))
+    assert (pick.width, pick.height, pick.shader, pick.fov) == (48, 48, "minimal", 0.9)  # fov: not given, kept

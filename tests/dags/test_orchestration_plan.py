@@ -25,19 +25,24 @@ def test_form_fields_at_their_defaults_keep_the_profiles_values():
     assert data["pretrain"]["steps"] == 7  # changed in the form: the form wins
 
 
-def test_tasks_chosen_in_the_form_keep_only_their_own_demo_counts(tmp_path, monkeypatch):
+def test_tasks_chosen_in_the_form_keep_only_their_own_per_task_entries(tmp_path, monkeypatch):
     import components.orchestration as orchestration
     from components.params import ParamsError, materialize
 
     repo = tmp_path / "repo"
     (repo / "profiles").mkdir(parents=True)
     (repo / "params.yaml").write_text((orchestration.REPO / "params.yaml").read_text())
-    profile = {"tasks": ["PushCube-v1", "StackCube-v1"], "collect": {"demos_by_task": {"StackCube-v1": 600}}}
+    view = {"eye": [0.3, 0, 0.4], "target": [0, 0, 0]}
+    profile = {
+        "tasks": ["PushCube-v1", "StackCube-v1"],
+        "collect": {"demos_by_task": {"StackCube-v1": 600}, "camera_by_task": {"StackCube-v1": view}},
+    }
     (repo / "profiles" / "big.yaml").write_text(yaml.safe_dump(profile))
     monkeypatch.setattr(orchestration, "REPO", repo)
     assert run_params({"profile": "big"})["collect"]["demos_by_task"] == {"StackCube-v1": 600}
     data = run_params({"profile": "big", "tasks": ["PickCube-v1"]})
-    assert data["tasks"] == ["PickCube-v1"] and data["collect"]["demos_by_task"] == {}
+    assert data["tasks"] == ["PickCube-v1"]
+    assert data["collect"]["demos_by_task"] == {} and data["collect"]["camera_by_task"] == {}
     materialize(data)  # valid: no count for a task the run does not have
     (repo / "profiles" / "typo.yaml").write_text(
         yaml.safe_dump({**profile, "collect": {"demos_by_task": {"Stackcube-v1": 9}}})
