@@ -94,12 +94,11 @@ def run_episode(
     while steps < max_steps:
         started = time.perf_counter()
         latent = policy.encode_frames(frame_of(obs, camera)[None])
-        state = proprio_of(obs, parts)  # raw: the relative action frame adds its joints back
-        proprio = policy.normalize_proprio(state[None]) if policy.model.config.proprio_dim else None
+        proprio = policy.normalize_proprio(proprio_of(obs, parts)[None]) if policy.model.config.proprio_dim else None
         rollout.observe(latent, proprio)
         chunk = rollout.sample_actions()
         rollout.commit_actions(chunk)
-        actions = policy.denormalize_actions(chunk[0], state)
+        actions = policy.denormalize_actions(chunk[0])
         policy_seconds += time.perf_counter() - started
         if not np.isfinite(actions).all():
             failure = "policy emitted non-finite actions"

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from components.common import ComponentError
-from components.policy import ActionCodec, Normalizer
+from components.policy import Normalizer
 from par.data import Episode
 
 Split = Literal["train", "holdout", "all"]
@@ -26,7 +26,7 @@ def load_task_arrays(encoded: str | Path, task: str) -> dict[str, np.ndarray]:
 def load_episodes(
     encoded: str | Path,
     tasks: list[str],
-    actions: ActionCodec,
+    actions: Normalizer,
     proprio: Normalizer,
     split: Split = "train",
 ) -> list[Episode]:
@@ -38,15 +38,12 @@ def load_episodes(
         for e, held_out in enumerate(arrays["holdout"]):
             if (split == "train" and held_out) or (split == "holdout" and not held_out):
                 continue
-            raw_proprio = arrays["proprio"][fo[e] : fo[e + 1]]
-            chunks, reference = actions.episode_arrays(arrays["actions"][ao[e] : ao[e + 1]], raw_proprio)
             episodes.append(
                 Episode(
                     task=task_id,
                     latents=torch.from_numpy(arrays["latents"][fo[e] : fo[e + 1]]),
-                    actions=torch.from_numpy(chunks),
-                    proprio=torch.from_numpy(proprio.encode(raw_proprio)),
-                    reference=None if reference is None else torch.from_numpy(reference),
+                    actions=torch.from_numpy(np.clip(actions.encode(arrays["actions"][ao[e] : ao[e + 1]]), -1, 1)),
+                    proprio=torch.from_numpy(proprio.encode(arrays["proprio"][fo[e] : fo[e + 1]])),
                 )
             )
     if not episodes:

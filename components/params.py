@@ -192,12 +192,6 @@ class ModelParams(Section):
     patch_size: PositiveInt = 4
     use_proprio: bool = True
     ablation: Literal["none", "no_ar", "discrete_actions", "no_video_pretrain"] = "none"
-    # How the network sees a chunk of pd_joint_pos actions. "absolute": the joint targets,
-    # min-max normalised. "relative": each arm joint target as its offset from that
-    # joint's measured position at the chunk's first frame (the gripper stays absolute);
-    # the robot still gets absolute targets, the control mode is unchanged. Needs
-    # collect.proprio to start with qpos.
-    action_frame: Literal["absolute", "relative"] = "absolute"
     # Nested overrides of par.config.ModelConfig, or of par.baseline.BCConfig for kind "bc"
     # (validated there, unknown keys rejected).
     overrides: dict[str, Any] = {}

@@ -5,9 +5,7 @@ A policy folder holds::
     model/         the PAR network (par.checkpoint format, config inside)
     vae/           the AutoencoderKL that made its latents (diffusers format)
     policy.json    tasks (id order), latent normalisation, action and proprio
-                   normalisation, the action frame (absolute joint targets, or
-                   offsets from the measured joints), and each task's env kwargs /
-                   control mode / camera
+                   normalisation, and each task's env kwargs / control mode / camera
 
 Evaluation and scoring need nothing else, so a folder (or the MLflow artifact that
 wraps it) is a deployable model.
@@ -61,100 +59,6 @@ class Normalizer:
         return cls(np.asarray(data["offset"], np.float32), np.asarray(data["scale"], np.float32))
 
 
-@dataclass
-class ActionCodec:
-    """Raw env actions <-> the model's chunks in [-1, 1].
-
-    ``reference_index`` (the relative action frame): for each action dimension, the
-    column of the raw proprio vector it is measured from, or None. Such a dimension is
-    learned as the action minus that proprio value observed at the chunk's first frame
-    (a joint target as an offset from the joint's measured position); the others, and
-    every dimension when ``reference_index`` is None, are learned as they are. ``norm``
-    min-max normalises what is learned.
-    """
-
-    norm: Normalizer
-    reference_index: list[int | None] | None = None
-
-    @property
-    def relative(self) -> bool:
-        return self.reference_index is not None
-
-    def reference(self, proprio: np.ndarray | None) -> np.ndarray:
-        """Raw proprio (..., P) -> the per-dimension reference (..., A); zeros where none."""
-        if self.reference_index is None:
-            return np.zeros(len(self.norm.offset), np.float32)
-        if proprio is None:
-            raise ComponentError("this policy learns actions relative to the measured joints: it needs the proprio")
-        proprio = np.asarray(proprio, np.float32)
-        ref = np.zeros((*proprio.shape[:-1], len(self.reference_index)), np.float32)
-        for d, column in enumerate(self.reference_index):
-            if column is not None:
-                ref[..., d] = proprio[..., column]
-        return ref
-
-    def encode(self, actions: np.ndarray, proprio: np.ndarray | None = None) -> np.ndarray:
-        """A raw chunk (L, A) and the raw proprio (P,) at its first frame -> [-1, 1]."""
-        return np.clip(self.norm.encode(actions - self.reference(proprio)), -1, 1)
-
-    def decode(self, chunk: np.ndarray, proprio: np.ndarray | None = None) -> np.ndarray:
-        """Inverse of :meth:`encode`: the raw actions to execute."""
-        return self.norm.decode(chunk) + self.reference(proprio)
-
-    def episode_arrays(self, actions: np.ndarray, proprio: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """An episode's raw actions (T, A) and proprio (T + 1, P) as par.data.Episode's
-        ``actions`` and ``reference``: chunk = actions[i] - reference[first frame]."""
-        if not self.relative:
-            return np.clip(self.norm.encode(actions), -1, 1), None
-        scale = self.norm.scale
-        return ((actions - self.norm.offset) / scale).astype(np.float32), (self.reference(proprio) / scale).astype(
-            np.float32
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {"action_norm": self.norm.to_json(), "action_reference": self.reference_index}
-
-    @classmethod
-    def from_json(cls, info: dict[str, Any]) -> ActionCodec:
-        return cls(Normalizer.from_json(info["action_norm"]), info.get("action_reference"))
-
-
-def relative_reference_index(manifests: list[dict[str, Any]]) -> list[int | None]:
-    """The relative frame's reference columns: arm joint i -> qpos column i, gripper none.
-
-    Only for joint-position targets (``pd_joint_pos``: the arm's joints, then the
-    gripper) and a proprio vector that starts with qpos."""
-    for m in manifests:
-        if m["control_mode"] != "pd_joint_pos":
-            raise ComponentError(
-                f"model.action_frame relative needs joint-position targets (collect.control_mode pd_joint_pos); "
-                f"{m['task']} was collected with {m['control_mode']!r}"
-            )
-        parts = m.get("proprio", ["qpos"])
-        if not parts or parts[0] != "qpos":
-            raise ComponentError(
-                f"model.action_frame relative reads the measured joints from the proprio, which must start with "
-                f"qpos; {m['task']} has collect.proprio {parts}"
-            )
-    arm = manifests[0]["action_dim"] - 1
-    return [*range(arm), None]
-
-
-def relative_action_range(
-    actions: np.ndarray, proprio: np.ndarray, chunk_len: int, index: list[int | None]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Min and max over an episode of every chunk's actions relative to its first frame
-    (chunks start at every step; past the end the last action repeats, as in training)."""
-    T = len(actions)
-    codec = ActionCodec(Normalizer(np.zeros(len(index), np.float32), np.ones(len(index), np.float32)), index)
-    ref = codec.reference(proprio[:T])  # (T, A): a chunk can start at any of the T steps
-    low, high = np.full(len(index), np.inf, np.float32), np.full(len(index), -np.inf, np.float32)
-    for j in range(chunk_len):
-        offsets = actions[np.minimum(np.arange(T) + j, T - 1)] - ref
-        low, high = np.minimum(low, offsets.min(0)), np.maximum(high, offsets.max(0))
-    return low, high
-
-
 def normalizers_from_stats(stats: dict[str, Any], tasks: list[str]) -> tuple[Normalizer, Normalizer]:
     """Action min-max and proprio mean/std normalisers over the given tasks' manifests."""
     manifests = [stats["manifests"][t] for t in tasks]
@@ -175,7 +79,7 @@ class Policy:
     def __init__(self, model: PAR, vae: Any, info: dict[str, Any]) -> None:
         self.model, self.vae, self.info = model.eval(), vae.eval(), info
         self.tasks: list[str] = info["tasks"]
-        self.actions = ActionCodec.from_json(info)
+        self.actions = Normalizer.from_json(info["action_norm"])
         self.proprio = Normalizer.from_json(info["proprio_norm"])
         self.latent_mean = torch.tensor(info["latent_mean"])[:, None, None]
         self.latent_std = torch.tensor(info["latent_std"])[:, None, None]
@@ -205,29 +109,15 @@ class Policy:
     def normalize_proprio(self, proprio: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.proprio.encode(proprio))
 
-    def denormalize_actions(self, actions: torch.Tensor, proprio: np.ndarray | None = None) -> np.ndarray:
-        """The model's chunk (L, A) -> raw actions; ``proprio``: the raw proprio vector
-        observed at the chunk's first frame (needed by a relative action frame)."""
-        return self.actions.decode(actions.cpu().numpy(), proprio)
-
-    def normalize_actions(self, actions: np.ndarray, proprio: np.ndarray | None = None) -> torch.Tensor:
-        """Inverse of :meth:`denormalize_actions`, clipped to [-1, 1]."""
-        return torch.from_numpy(self.actions.encode(actions, proprio))
+    def denormalize_actions(self, actions: torch.Tensor) -> np.ndarray:
+        return self.actions.decode(actions.cpu().numpy())
 
 
 def save_policy(
-    directory: Path,
-    model: PAR,
-    vae_dir: Path,
-    stats: dict[str, Any],
-    tasks: list[str],
-    extra: dict | None = None,
-    actions: ActionCodec | None = None,
+    directory: Path, model: PAR, vae_dir: Path, stats: dict[str, Any], tasks: list[str], extra: dict | None = None
 ) -> None:
-    """Write a policy bundle (``directory`` must be a fresh temporary folder).
-    ``actions``: the codec the model was trained with (default: absolute, from stats)."""
-    absolute, proprio = normalizers_from_stats(stats, tasks)
-    actions = actions or ActionCodec(absolute)
+    """Write a policy bundle (``directory`` must be a fresh temporary folder)."""
+    actions, proprio = normalizers_from_stats(stats, tasks)
     save_model(model, directory / "model")
     shutil.copytree(vae_dir, directory / "vae")
     info = {
@@ -237,7 +127,7 @@ def save_policy(
         "latent_std": stats["latent_std"],
         "latent_shape": stats["latent_shape"],
         "frame_shape": stats["frame_shape"],
-        **actions.to_json(),
+        "action_norm": actions.to_json(),
         "proprio_norm": proprio.to_json(),
         "task_info": {
             t: {

@@ -77,7 +77,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
             proprio = np.asarray(row.proprio, dtype=np.float32)[None]
             use_q = self.policy.model.config.proprio_dim
             rollout.observe(self.policy.encode_frames(frame), self.policy.normalize_proprio(proprio) if use_q else None)
-            out.append(self.policy.denormalize_actions(rollout.sample_actions()[0], proprio[0]).tolist())
+            out.append(self.policy.denormalize_actions(rollout.sample_actions()[0]).tolist())
         return pd.DataFrame({"actions": out})
 
 

@@ -54,10 +54,10 @@ def score_episode(
     for t in range(steps):
         q = policy.normalize_proprio(proprio[t * L][None]) if model.config.proprio_dim else None
         rollout.observe(frame, q)
-        proposal = policy.denormalize_actions(rollout.sample_actions()[0], proprio[t * L])
+        proposal = policy.denormalize_actions(rollout.sample_actions()[0])
         true_chunk = actions[t * L : (t + 1) * L]
         action_err.append(float(np.abs(proposal - true_chunk).mean()))
-        chunk = policy.normalize_actions(true_chunk, proprio[t * L])[None]
+        chunk = torch.from_numpy(np.clip(policy.actions.encode(true_chunk), -1, 1))[None]
         rollout.commit_actions(chunk)
         if predicts_frames:
             frame = rollout.predict_frame()  # the prediction goes back in: open loop

@@ -34,14 +34,7 @@ from components.common import ComponentError, atomic_output, log, run_cli, write
 from components.encode import load_stats
 from components.latents import load_episodes, load_task_arrays
 from components.params import ModelParams, OptimParams, Params, load_params
-from components.policy import (
-    ActionCodec,
-    Normalizer,
-    normalizers_from_stats,
-    relative_action_range,
-    relative_reference_index,
-    save_policy,
-)
+from components.policy import Normalizer, normalizers_from_stats, save_policy
 from par.baseline import BCConfig, BCPolicy
 from par.checkpoint import load_model, load_pretrained, save_model
 from par.config import ModelConfig, apply_ablation, model_config
@@ -99,7 +92,7 @@ def train_config(params: OptimParams) -> TrainConfig:
 def _video_episodes(encoded: Path, tasks: list[str], extra: list[str]) -> list[Episode]:
     """Every training frame of the tasks, plus extra frame-only latents, as video episodes."""
     identity = Normalizer(np.zeros(1, np.float32), np.ones(1, np.float32))
-    episodes = load_episodes(encoded, tasks, ActionCodec(identity), identity, "train")
+    episodes = load_episodes(encoded, tasks, identity, identity, "train")
     for folder in extra:
         for path in sorted((Path(folder) / "latents").glob("*.npz")):
             arrays = load_task_arrays(folder, path.stem)
@@ -109,35 +102,6 @@ def _video_episodes(encoded: Path, tasks: list[str], extra: list[str]) -> list[E
                 episodes.append(Episode(task=0, latents=latents, actions=torch.zeros(len(latents) - 1, 1)))
     # Video windows carry no task-specific signal beyond the frames; keep task ids.
     return episodes
-
-
-def action_codec(
-    params: ModelParams, stats: dict[str, Any], tasks: list[str], encoded: Path, chunk_len: int
-) -> ActionCodec:
-    """How the model sees actions (``model.action_frame``): absolute targets min-max
-    normalised over the tasks' demos, or offsets from the measured joints, normalised
-    over every chunk of the training episodes."""
-    absolute, _ = normalizers_from_stats(stats, tasks)
-    if params.action_frame == "absolute":
-        return ActionCodec(absolute)
-    index = relative_reference_index([stats["manifests"][t] for t in tasks])
-    lows, highs = [], []
-    for task in tasks:
-        arrays = load_task_arrays(encoded, task)
-        fo, ao = arrays["frame_offsets"], arrays["action_offsets"]
-        for e, held_out in enumerate(arrays["holdout"]):
-            if not held_out:
-                low, high = relative_action_range(
-                    arrays["actions"][ao[e] : ao[e + 1]], arrays["proprio"][fo[e] : fo[e + 1]], chunk_len, index
-                )
-                lows.append(low)
-                highs.append(high)
-    # Absolute dimensions (the gripper) keep the demos' own range.
-    low, high = np.min(lows, axis=0), np.max(highs, axis=0)
-    keep = np.array([i is None for i in index])
-    abs_low, abs_high = absolute.offset - absolute.scale, absolute.offset + absolute.scale
-    low, high = np.where(keep, abs_low, low), np.where(keep, abs_high, high)
-    return ActionCodec(Normalizer.min_max(low.tolist(), high.tolist()), index)
 
 
 class CheckpointStore:
@@ -174,18 +138,12 @@ class CheckpointStore:
 
 
 def fingerprint(
-    mode: str,
-    config: ModelConfig | BCConfig,
-    optim: OptimParams,
-    tasks: list[str],
-    stats: dict,
-    init: str,
-    action_frame: str = "absolute",
+    mode: str, config: ModelConfig | BCConfig, optim: OptimParams, tasks: list[str], stats: dict, init: str
 ) -> str:
-    parts = [mode, config.model_dump(), optim.model_dump(), tasks, stats["latent_mean"], stats["latent_std"], init]
-    if action_frame != "absolute":  # absolute runs keep the fingerprints they had before the option
-        parts.append(action_frame)
-    payload = json.dumps(parts, sort_keys=True)
+    payload = json.dumps(
+        [mode, config.model_dump(), optim.model_dump(), tasks, stats["latent_mean"], stats["latent_std"], init],
+        sort_keys=True,
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -246,8 +204,7 @@ def frame_strip(
         proprio = None if episode.proprio is None or not c.proprio_dim or video else episode.proprio[i][None]
         rollout.observe(episode.latents[i][None], proprio)
         if not video:
-            chunk = episode.chunk_actions(torch.tensor([i]), i + torch.arange(c.chunk_len)[None])
-            rollout.commit_actions(chunk)
+            rollout.commit_actions(episode.actions[i : i + c.chunk_len][None])
         predicted.append(rollout.predict_frame())
         real.append(episode.latents[i + c.chunk_len][None])
 
@@ -297,12 +254,10 @@ def run(
         save_loss_plot([], plots / "pretrain_loss.png", f"pretrain skipped: {reason}")
         log.info("pretrain skipped: %s", reason)
         return {"skipped": True}
-    codec = None
     if mode == "pretrain":
         episodes = _video_episodes(encoded, tasks, list(params.pretrain.extra_latents))
     else:
-        codec = action_codec(params.model, stats, tasks, encoded, config.chunk_len)
-        episodes = load_episodes(encoded, tasks, codec, normalizers_from_stats(stats, tasks)[1], split="train")
+        episodes = load_episodes(encoded, tasks, *normalizers_from_stats(stats, tasks), split="train")
     sampler = WindowSampler(
         episodes, config.context_steps, config.chunk_len, video=mode == "pretrain", balance_tasks=optim.balance_tasks
     )
@@ -320,8 +275,7 @@ def run(
         init = f"video-pretrained:{hashlib.sha256(weights).hexdigest()[:16]}"
         log.info("video-pretrained weights: %s", load_report.summary())
     trainer = Trainer(model, sampler, train_config(optim))
-    frame = params.model.action_frame if mode == "train" else "absolute"
-    store = CheckpointStore(checkpoints, fingerprint(mode, config, optim, tasks, stats, init, frame))
+    store = CheckpointStore(checkpoints, fingerprint(mode, config, optim, tasks, stats, init))
     resumed = store.latest()
     run_id = None
     if resumed is not None:
@@ -349,7 +303,6 @@ def run(
                     "tasks": ",".join(tasks),
                     "init": init,
                     "ablation": params.model.ablation,
-                    "action_frame": frame,
                     "parameters_m": round(model.num_parameters() / 1e6, 3),
                     "train_episodes": len(episodes),
                 }
@@ -435,7 +388,6 @@ def run(
                     stats,
                     tasks,
                     extra={"mlflow_run_id": mlrun.info.run_id, "ablation": params.model.ablation, "init": init},
-                    actions=codec,
                 )
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, int | float)})
     log.info("%s done: %d steps, final loss %.4f; wrote %s", mode, optim.steps, metrics["final_loss"], out)

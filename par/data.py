@@ -6,11 +6,6 @@ physical steps starts at an env step ``s`` and takes frames at ``s, s + L, ...,
 s + K L`` (the last one a target only) and the actions ``s + t L + j``. Indices past
 the episode's end repeat its last frame, state and action: after the demo succeeds
 the robot holds still, which is what a policy should learn to do there.
-
-An episode may carry an action ``reference`` per observation: a chunk's actions are
-then learned relative to the reference at the chunk's first frame (``actions[s + t L
-+ j] - reference[s + t L]``), e.g. joint targets as offsets from the joints' measured
-positions. What the reference is, and its scaling, is the caller's business.
 """
 
 from __future__ import annotations
@@ -28,7 +23,6 @@ class Episode:
     latents: torch.Tensor  # (T + 1, C, H, W), normalised
     actions: torch.Tensor  # (T, A), in [-1, 1]
     proprio: torch.Tensor | None = None  # (T + 1, proprio_dim), normalised
-    reference: torch.Tensor | None = None  # (T + 1, A): subtracted from the chunk starting there
 
     def __post_init__(self) -> None:
         T = self.actions.shape[0]
@@ -38,22 +32,10 @@ class Episode:
             raise ValueError(f"episode has {T} actions but {self.latents.shape[0]} latents (expected {T + 1})")
         if self.proprio is not None and self.proprio.shape[0] != T + 1:
             raise ValueError(f"episode has {T} actions but {self.proprio.shape[0]} proprio rows (expected {T + 1})")
-        if self.reference is not None and self.reference.shape != (T + 1, self.actions.shape[1]):
-            raise ValueError(
-                f"episode reference has shape {tuple(self.reference.shape)}, expected {(T + 1, self.actions.shape[1])}"
-            )
 
     @property
     def length(self) -> int:
         return int(self.actions.shape[0])
-
-    def chunk_actions(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """The model's action chunks (K, L, A) at action indices ``actions`` (K, L), each
-        relative to the reference at its first frame ``frames`` (K,) where there is one."""
-        chunks = self.actions[actions]
-        if self.reference is None:
-            return chunks
-        return (chunks - self.reference[frames][:, None]).clamp(-1, 1)
 
 
 def window_indices(length: int, start: int, steps: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,7 +73,7 @@ class WindowSampler:
             task=torch.tensor([ep.task]),
             frames=ep.latents[fi][None],
             proprio=None if ep.proprio is None or self.video else ep.proprio[fi][None],
-            actions=None if self.video else ep.chunk_actions(fi[: self.steps], ai)[None],
+            actions=None if self.video else ep.actions[ai][None],
         )
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -120,33 +119,3 @@ def test_behaviour_cloning_baseline_trains(encoded, tmp_path):
 def test_missing_pretrained_model_is_a_clear_error(encoded, smoke_params, tmp_path):
     result = run_module(*_train_cmd(smoke_params, encoded, tmp_path / "nowhere", tmp_path, "x")[2:])
     assert result.returncode == 2 and "pretrained model" in result.stderr and "run pretrain first" in result.stderr
-
-
-def test_relative_action_frame_trains_and_acts_from_the_measured_joints(encoded, demos, tmp_path, monkeypatch):
-    from components.evaluate import evaluate
-    from components.policy import Policy
-
-    params_path = write_params(tmp_path / "params.yaml", model={"kind": "bc", "action_frame": "relative"})
-    params = load_params(params_path)
-    run("train", params, params_path, encoded, tmp_path / "policy", tmp_path / "ckpt", tmp_path / "m.json", tmp_path)
-    policy = load_policy(tmp_path / "policy")
-    assert policy.info["action_reference"] == [0, 1, 2, 3, 4, 5, 6, None]
-    # A demo chunk goes through the saved codec and back (the demos' offsets are in range).
-    demo = np.load(sorted((demos / "PickCube-v1" / "episodes").glob("*.npz"))[0])
-    chunk, qpos = demo["actions"][8:16], demo["proprio"][8]
-    np.testing.assert_allclose(
-        policy.denormalize_actions(policy.normalize_actions(chunk, qpos), qpos), chunk, atol=1e-5
-    )
-
-    seen = []
-    decode = Policy.denormalize_actions
-
-    def spy(self, actions, proprio=None):
-        seen.append(proprio)
-        return decode(self, actions, proprio)
-
-    monkeypatch.setattr(Policy, "denormalize_actions", spy)
-    one = params.evaluate.model_copy(update={"max_episode_steps": {"PushCube-v1": 16}, "videos": 0})
-    metrics = evaluate(policy, "PushCube-v1", one, tmp_path / "eval", episodes=1, progress=False)
-    assert metrics["episodes"] == 1 and len(seen) == 2  # two chunks of 8, each decoded from its joints
-    assert all(p is not None and len(p) == 12 for p in seen)

@@ -38,28 +38,3 @@ def test_balanced_sampling_ignores_task_ids_without_episodes():
     # Ids 0 and 2 present, 1 absent (a task with no training episodes): two tasks, not three.
     sampler = WindowSampler([_episode(0, 10), _episode(2, 30)], steps=2, chunk=2, balance_tasks=True)
     assert sampler.weights.tolist() == pytest.approx([0.5, 0.5])
-
-
-def test_a_reference_makes_each_chunk_relative_to_its_first_frame():
-    # actions[i] = 10 i; reference[i] = i: the chunk from step s is 10 (s + j) - s.
-    length, chunk = 6, 2
-    actions = 0.01 * torch.arange(length, dtype=torch.float32)[:, None] * 10
-    reference = 0.01 * torch.arange(length + 1, dtype=torch.float32)[:, None]
-    episode = Episode(task=0, latents=torch.zeros(length + 1, 1, 2, 2), actions=actions, reference=reference)
-    window = WindowSampler([episode], steps=2, chunk=chunk).window(0, 1)
-    # Frames 1 and 3 start the chunks; actions 1, 2 and 3, 4.
-    expected = torch.tensor([[[0.1 - 0.01], [0.2 - 0.01]], [[0.3 - 0.03], [0.4 - 0.03]]])
-    torch.testing.assert_close(window.actions[0], expected)
-    # Without the reference the same window holds the actions as they are.
-    plain = Episode(task=0, latents=episode.latents, actions=actions)
-    torch.testing.assert_close(
-        WindowSampler([plain], steps=2, chunk=chunk).window(0, 1).actions[0][:, :, 0],
-        torch.tensor([[0.1, 0.2], [0.3, 0.4]]),
-    )
-
-
-def test_relative_chunks_are_clamped_and_a_misshapen_reference_is_refused():
-    episode = Episode(task=0, latents=torch.zeros(3, 1, 2, 2), actions=torch.ones(2, 1), reference=-torch.ones(3, 1))
-    assert episode.chunk_actions(torch.tensor([0]), torch.tensor([[0, 1]])).max() == 1.0
-    with pytest.raises(ValueError, match="reference has shape"):
-        Episode(task=0, latents=torch.zeros(3, 1, 2, 2), actions=torch.ones(2, 1), reference=torch.ones(2, 1))
