@@ -8,11 +8,8 @@ returns at every step: the camera frame, the proprio vector (joint positions, th
 goal the camera cannot see: `components.maniskill.proprio_of`), the action and the success flag. The
 planner's control mode is the paper's, so no replay pass is needed: frames are
 rendered once, while planning, by the very camera (size and shader) that evaluation
-will use. With ``collect.control_mode: pd_ee_pose`` each joint target is recorded as
-the gripper pose it reaches (``components.maniskill.EEPoseTargets``) and evaluation
-drives the robot's pose controller; the frames are the same. Seeds are tried in order
-from ``seed_start``; the dataset is the first N whose plans succeed (deterministic
-whatever the worker count).
+will use. Seeds are tried in order from ``seed_start``; the dataset is the first N
+whose plans succeed (deterministic whatever the worker count).
 
 Output (one folder a task, written atomically)::
 
@@ -37,8 +34,6 @@ import numpy as np
 
 from components.common import ComponentError, atomic_output, log, run_cli, write_json
 from components.maniskill import (
-    PLANNER_CONTROL_MODE,
-    EEPoseTargets,
     camera_names,
     env_kwargs,
     frame_of,
@@ -57,16 +52,8 @@ FORMAT = "par-demos-v2"
 class Recorder:
     """Wraps an env; keeps frames, proprio, actions and success of the current episode."""
 
-    def __init__(
-        self,
-        env: Any,
-        camera: str | list[str],
-        proprio: Sequence[str] = DEFAULT_PROPRIO,
-        convert: EEPoseTargets | None = None,
-    ) -> None:
-        """``convert``: record each action as what it maps to (the planner's joint
-        targets as gripper poses) instead of as sent."""
-        self.env, self.camera, self.parts, self.convert = env, camera, proprio, convert
+    def __init__(self, env: Any, camera: str | list[str], proprio: Sequence[str] = DEFAULT_PROPRIO) -> None:
+        self.env, self.camera, self.parts = env, camera, proprio
         self.frames: list[np.ndarray] = []
         self.proprio: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
@@ -86,10 +73,9 @@ class Recorder:
         return obs, info
 
     def step(self, action: Any) -> tuple:
-        qpos = self.env.unwrapped.agent.robot.get_qpos()[0].cpu().numpy() if self.convert else None
         obs, reward, terminated, truncated, info = self.env.step(action)
-        action = np.asarray(action.cpu().numpy() if hasattr(action, "cpu") else action, dtype=np.float32).reshape(-1)
-        self.actions.append(action if self.convert is None else self.convert(action, qpos))
+        action = action.cpu().numpy() if hasattr(action, "cpu") else action
+        self.actions.append(np.asarray(action, dtype=np.float32).reshape(-1))
         self.frames.append(frame_of(obs, self.camera))
         self.proprio.append(proprio_of(obs, self.parts))
         self.success.append(bool(scalar(info["success"])))
@@ -100,16 +86,10 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(task: str, kwargs: dict[str, Any], camera: list[str], proprio: list[str]) -> None:
-    """``kwargs``: the dataset's env; the planner's differs only in its control mode."""
     import logging
 
     logging.getLogger("mani_skill").setLevel(logging.ERROR)
-    convert = None
-    if kwargs["control_mode"] != PLANNER_CONTROL_MODE:
-        convert = EEPoseTargets(task, kwargs["robot_uids"], kwargs["sim_backend"])
-    env = make_env(task, kwargs | {"control_mode": PLANNER_CONTROL_MODE})
-    _WORKER["env"] = Recorder(env, camera, proprio, convert)
-    _WORKER["space"] = (convert or env).action_space
+    _WORKER["env"] = Recorder(make_env(task, kwargs), camera, proprio)
     _WORKER["solve"] = planner_for(task)
 
 
@@ -131,7 +111,7 @@ def _attempt(seed: int) -> dict[str, Any]:
         "proprio": np.stack(env.proprio),
         "actions": np.stack(env.actions),
         "success": np.asarray(env.success, dtype=bool),
-        "action_space": (_WORKER["space"].low.reshape(-1), _WORKER["space"].high.reshape(-1)),
+        "action_space": (env.action_space.low.reshape(-1), env.action_space.high.reshape(-1)),
     }
 
 
@@ -142,10 +122,7 @@ def _attempts(task: str, kwargs: dict[str, Any], camera: list[str], proprio: lis
         try:
             yield from map(_attempt, seeds)
         finally:
-            recorder = _WORKER.pop("env")
-            recorder.close()
-            if recorder.convert is not None:
-                recorder.convert.close()
+            _WORKER.pop("env").close()
         return
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(task, kwargs, camera, proprio)) as pool:
@@ -242,7 +219,6 @@ def build_manifest(
         "format": FORMAT,
         "task": task,
         "control_mode": params.control_mode,
-        "planner_control_mode": PLANNER_CONTROL_MODE,  # the actions are converted from it where they differ
         "robot_uids": params.robot_uids,
         "camera": camera.manifest(),
         "frame_shape": [camera.height, camera.width * len(camera_names(camera.manifest())), 3],

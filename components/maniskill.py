@@ -96,49 +96,6 @@ def make_env(task: str, kwargs: dict[str, Any]):
         raise
 
 
-PLANNER_CONTROL_MODE = "pd_joint_pos"  # ManiSkill's motion planner drives joint targets
-
-
-class EEPoseTargets:
-    """Joint-position targets -> the ``pd_ee_pose`` targets of the same motion.
-
-    The planner solves in ``pd_joint_pos``. A ``pd_ee_pose`` dataset stores, for each
-    joint target, the pose the gripper's tool centre point takes at those joints
-    (forward kinematics, the robot's base frame): position (3) and XYZ Euler angles (3),
-    as ManiSkill's controller reads them, then the gripper's target unchanged. Roll is
-    wrapped to [0, 2 pi): the Panda's gripper points down (roll near pi), where
-    [-pi, pi) would jump from one end to the other between steps. The robot's own
-    ``pd_ee_pose`` controller turns a target back into joints by inverse kinematics.
-    """
-
-    def __init__(self, task: str, robot_uids: str, sim_backend: str) -> None:
-        kwargs = {"obs_mode": "state", "control_mode": "pd_ee_pose", "robot_uids": robot_uids}
-        self.env = make_env(task, kwargs | {"sim_backend": sim_backend})
-        kinematics = self.env.unwrapped.agent.controller.controllers["arm"].kinematics
-        self._model, self._link = kinematics.pmodel, kinematics.end_link_idx
-        self._order = kinematics.pmodel_active_joint_indices.cpu().numpy()  # model joint -> robot joint
-        self._arm = kinematics.pmodel_controlled_joint_indices.cpu().numpy()
-        self.action_space = self.env.action_space
-
-    def __call__(self, action: np.ndarray, qpos: np.ndarray) -> np.ndarray:
-        """One joint-space action (arm targets, then gripper) at joint positions ``qpos``
-        (the robot's, for the joints the action leaves alone) -> its pose target."""
-        import torch
-        from mani_skill.utils.geometry.rotation_conversions import matrix_to_euler_angles, quaternion_to_matrix
-
-        q = np.asarray(qpos, np.float64)[self._order]
-        q[self._arm] = action[: len(self._arm)]
-        self._model.compute_forward_kinematics(q)
-        pose = self._model.get_link_pose(self._link)
-        rotation = quaternion_to_matrix(torch.as_tensor(np.asarray(pose.q, np.float64))[None])  # wxyz
-        euler = matrix_to_euler_angles(rotation, "XYZ")[0].numpy()
-        euler[0] %= 2 * np.pi
-        return np.concatenate([pose.p, euler, action[len(self._arm) :]]).astype(np.float32)
-
-    def close(self) -> None:
-        self.env.close()
-
-
 def planner_for(task: str):
     from mani_skill.examples.motionplanning.panda.run import MP_SOLUTIONS
 

@@ -98,9 +98,7 @@ class CollectParams(Section):
     seed_start: int = Field(default=0, ge=0)
     # Give up after this many planner attempts per requested demo.
     max_attempts_per_demo: float = Field(default=3.0, ge=1)
-    # pd_joint_pos: the paper's (7 joint targets + gripper); pd_ee_pose: the same plans
-    # recorded as gripper pose targets (position, XYZ Euler angles + gripper; README).
-    control_mode: Literal["pd_joint_pos", "pd_ee_pose"] = "pd_joint_pos"
+    control_mode: str = "pd_joint_pos"
     robot_uids: str = "panda"  # one camera on every task (StackCube's default adds a wrist camera)
     camera: CameraParams = CameraParams()
     # Tasks seen from elsewhere than camera, e.g. a closer view of PickCube's cube where

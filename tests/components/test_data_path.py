@@ -75,57 +75,6 @@ def test_replaying_a_demo_reproduces_its_success(demos):
     assert replayed[-1] and not any(random)
 
 
-def test_pose_targets_are_the_gripper_pose_at_the_joint_targets():
-    """Forward kinematics of joint positions = the pose the pd_ee_pose controller
-    measures with the robot standing at them (its base frame, XYZ Euler, roll in [0, 2 pi))."""
-    from mani_skill.utils.geometry.rotation_conversions import matrix_to_euler_angles, quaternion_to_matrix
-
-    from components.maniskill import EEPoseTargets
-
-    convert = EEPoseTargets("PickCube-v1", "panda", "physx_cpu")
-    try:
-        env = convert.env.unwrapped
-        env.reset(seed=3)
-        robot = env.agent.robot
-        qpos = robot.get_qpos()[0].numpy().copy()
-        qpos[:7] += np.linspace(-0.3, 0.3, 7)  # somewhere off the rest pose
-        robot.set_qpos(torch.as_tensor(qpos)[None])
-        measured = env.agent.controller.controllers["arm"].ee_pose_at_base
-        target = convert(np.concatenate([qpos[:7], [0.5]]).astype(np.float32), qpos)
-    finally:
-        convert.close()
-    euler = matrix_to_euler_angles(quaternion_to_matrix(measured.q), "XYZ")[0].numpy()
-    euler[0] %= 2 * np.pi
-    assert target.shape == (7,) and target[-1] == 0.5
-    np.testing.assert_allclose(target[:3], measured.p[0].numpy(), atol=1e-4)
-    np.testing.assert_allclose(target[3:6], euler, atol=1e-4)
-
-
-def test_pose_target_demos_replay_to_success(smoke_params, tmp_path):
-    """collect.control_mode pd_ee_pose: the planner's joint plans recorded as gripper pose
-    targets; replayed through the robot's pose controller from their seeds they succeed
-    again, and the manifest sends evaluation to that controller."""
-    from components.collect import collect_task
-    from components.maniskill import make_env, scalar
-
-    params = load_params(smoke_params, {"collect.demos_per_task": 1, "collect.control_mode": "pd_ee_pose"})
-    manifest = collect_task("PickCube-v1", params.collect, tmp_path / "PickCube-v1", progress=False)
-    assert manifest["control_mode"] == manifest["env_kwargs"]["control_mode"] == "pd_ee_pose"
-    assert manifest["planner_control_mode"] == "pd_joint_pos" and manifest["action_dim"] == 7
-    entry = manifest["episodes"][0]
-    with np.load(tmp_path / "PickCube-v1" / entry["file"]) as data:
-        actions = data["actions"]
-    assert np.all(np.abs(actions[:, 3] - np.pi) < 0.3), "roll wraps around pi"
-    assert np.all(actions >= manifest["action_space_low"]) and np.all(actions <= manifest["action_space_high"])
-    env = make_env("PickCube-v1", manifest["env_kwargs"] | {"obs_mode": "state"})
-    try:
-        env.reset(seed=entry["seed"])
-        replayed = [bool(scalar(env.step(a)[4]["success"])) for a in actions]
-    finally:
-        env.close()
-    assert any(replayed)
-
-
 def test_validate_then_encode(demos, smoke_params, tmp_path):
     params = load_params(smoke_params)
     for task in TASKS:

@@ -43,7 +43,6 @@ def test_repository_params_and_profiles_are_valid():
         ("collect: {camera_by_task: {PushCube-v1: {eye: [0, 0, 1]}}}\n", "collect.camera_by_task.PushCube-v1.target"),
         ("collect: {camera_by_task: {PushCube-v1: {eye: [1, 0, 1], target: [1, 0, 1]}}}\n", "no direction"),
         ("collect: {camera_by_task: {PushCube-v1: {eye: [1, 0, 1], target: [0, 0, 0], width: 9}}}\n", "v1.width"),
-        ("collect: {control_mode: pd_ee_delta_pos}\n", "collect.control_mode"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):
