@@ -283,8 +283,9 @@ class DagRunFailedError(RuntimeError):
 
 class AirflowStack:
     """api-server, scheduler and dag-processor on 127.0.0.1 (free port), LocalExecutor
-    on SQLite, simple auth manager with one admin user; each process in its own
-    process group, stopped (with every task process below it) by :meth:`stop`."""
+    on SQLite (or the database ``extra_env``'s SQL_ALCHEMY_CONN names), simple auth
+    manager with one admin user; each process in its own process group, stopped (with
+    every task process below it) by :meth:`stop`."""
 
     def __init__(
         self,

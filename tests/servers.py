@@ -7,11 +7,15 @@ that started it fails.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -40,9 +44,9 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> No
     raise TimeoutError(f"{url} not healthy after {timeout} s: {log.read_text()[-3000:]}")
 
 
-def stop(proc: subprocess.Popen, grace: float = 10) -> None:
+def stop(proc: subprocess.Popen, grace: float = 10, sig: int = signal.SIGTERM) -> None:
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, sig)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
@@ -100,3 +104,73 @@ def moto_server(root: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     with server(cmd, f"{url}/moto-api/", root / "moto.log"):
         yield url
+
+
+def postgres_bindir() -> Path:
+    """The folder of ``initdb`` and ``postgres``: on PATH, or Debian's
+    /usr/lib/postgresql/<version>/bin (infra/local/test-tools.sh installs it)."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not candidates:
+        raise FileNotFoundError("initdb not found: run infra/local/test-tools.sh (installs postgresql)")
+    return Path(candidates[-1]).parent
+
+
+@contextlib.contextmanager
+def postgres_server(database: str = "airflow", user: str = "par", timeout: float = 60) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (free port, trust auth, its own
+    process group); yields a SQLAlchemy URL of ``database``. Postgres refuses to run as
+    root: under root the cluster is owned by, and the server runs as, the ``postgres``
+    system user, in a folder of its own under the temp dir (pytest's tmp_path is
+    private to root). The folder is removed after the server stops (fast shutdown)."""
+    bindir = postgres_bindir()
+    root = Path(tempfile.mkdtemp(prefix="par-postgres-"))
+    owner: pwd.struct_passwd | None = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    as_owner = {"user": owner.pw_uid, "group": owner.pw_gid} if owner else {}
+    if owner:
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    data, log, port = root / "data", root / "postgres.log", free_port()
+    proc: subprocess.Popen | None = None
+    try:
+        subprocess.run(
+            [str(bindir / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync"],
+            check=True,
+            capture_output=True,
+            cwd=root,
+            **as_owner,
+        )
+        cmd = [str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(root)]
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=root, **as_owner
+            )
+        _create_database(port, user, database, timeout, proc, log)
+        yield f"postgresql+psycopg2://{user}@127.0.0.1:{port}/{database}"
+    finally:
+        if proc is not None:
+            stop(proc, sig=signal.SIGINT)  # SIGINT: fast shutdown (SIGTERM waits for clients)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _create_database(port: int, user: str, database: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    import psycopg2
+
+    deadline = time.time() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"postgres exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            conn = psycopg2.connect(host="127.0.0.1", port=port, user=user, dbname="postgres")
+            break
+        except psycopg2.OperationalError as exc:
+            if time.time() > deadline:
+                raise TimeoutError(f"postgres not up after {timeout} s: {exc}; {log.read_text()[-3000:]}") from exc
+            time.sleep(0.2)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        conn.close()

@@ -1,8 +1,9 @@
 """The DAGs run end to end on real servers: MLflow servers whose artifacts live on S3
 (moto's S3 server on loopback), Airflow either as ``airflow dags test`` or as a live
-stack (api-server, scheduler, dag-processor) triggered through REST and through the UI
-in headless Chromium. Every process is stopped by its process group in teardown, also
-when a test fails (the servers' context managers and AirflowStack.stop run in finally).
+stack (api-server, scheduler, dag-processor; metadata on a Postgres of its own)
+triggered through REST and through the UI in headless Chromium. Every process is
+stopped by its process group in teardown, also when a test fails (the servers'
+context managers and AirflowStack.stop run in finally).
 
 To keep the wall time down, the ``airflow dags test`` run starts in the background
 when the module starts and runs while the live-stack test runs (the live runs have an
@@ -37,7 +38,7 @@ from components.orchestration_bench import (
     spawn,
     stop_tree,
 )
-from tests.servers import mlflow_server, moto_server
+from tests.servers import mlflow_server, moto_server, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -228,13 +229,23 @@ def test_live_airflow_runs_triggered_from_rest_and_ui_concurrently(s3, training_
     with contextlib.ExitStack() as cleanup:
         tracking = cleanup.enter_context(mlflow_on_s3(tmp_path / "mlflow", s3, "live"))
         client = mlflow_client(tracking, monkeypatch)
+        # Two runs, the scheduler and the UI write to the metadata DB at once: Postgres,
+        # as in production (on SQLite the UI's trigger could meet "database is locked").
+        database = cleanup.enter_context(postgres_server())
         # The runs share 2 cores: one thread per component process (no OpenMP
         # oversubscription), and no periodic re-parsing of unchanged DAG files.
-        extra = tracking | {"OMP_NUM_THREADS": "1", "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600"}
+        extra = tracking | {
+            "OMP_NUM_THREADS": "1",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
+        }
         stack = cleanup.enter_context(AirflowStack(home, home / "runs", extra, parallelism=2))
         stack.wait_dag("par_training")
         rest_run = stack.trigger("par_training", {"profile": "ci-airflow"})
-        ui_run = ui_trigger(stack.url, stack.user, stack.password, ARTIFACTS)
+        try:
+            ui_run = ui_trigger(stack.url, stack.user, stack.password, ARTIFACTS)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\napi-server log:\n{stack.log_tail('api-server', 6000)}") from exc
         states = stack.wait_runs("par_training", [rest_run, ui_run], timeout=1500)
         if set(states.values()) != {"success"}:
             pytest.fail(f"runs {states}; logs under {home / 'logs'}")

@@ -4,11 +4,13 @@ Airflow's task runners and BashOperator commands do), on timeout as on success."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -83,3 +85,30 @@ def test_run_group_stops_orphans_that_left_the_tree(tmp_path):
     shell = f"setsid sleep 300 & echo $! > {pidfile}; sleep 0.5"
     code, _ = run_group(["bash", "-c", shell], dict(os.environ), tmp_path / "log", 30)
     assert code == 0 and gone(wait_for(pidfile))
+
+
+def test_postgres_server_leaves_no_process_or_folder_even_when_its_user_fails():
+    """The live Airflow test's metadata DB: a real Postgres, stopped by process group and
+    its cluster folder removed, also when the code using it raises."""
+    import psycopg2
+
+    from tests.servers import postgres_server
+
+    class PlannedError(Exception):
+        pass
+
+    seen: dict[str, Any] = {}
+    with contextlib.suppress(PlannedError), postgres_server(database="probe") as url:
+        port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="par", dbname="probe")
+        seen["db"] = conn.get_dsn_parameters()["dbname"]
+        conn.close()
+        server = next(
+            p for p in psutil.process_iter(["cmdline"]) if ["-p", str(port)] == (p.info["cmdline"] or [])[5:7]
+        )
+        seen["pids"] = [server.pid] + [c.pid for c in server.children(recursive=True)]
+        seen["root"] = Path(server.info["cmdline"][2]).parent  # postgres -D <root>/data
+        raise PlannedError
+    assert seen["db"] == "probe" and len(seen["pids"]) > 1  # the postmaster and its workers
+    assert all(gone(pid) for pid in seen["pids"])
+    assert seen["root"].name.startswith("par-postgres-") and not seen["root"].exists()
