@@ -230,7 +230,7 @@ def test_live_airflow_runs_triggered_from_rest_and_ui_concurrently(s3, training_
         tracking = cleanup.enter_context(mlflow_on_s3(tmp_path / "mlflow", s3, "live"))
         client = mlflow_client(tracking, monkeypatch)
         # Two runs, the scheduler and the UI write to the metadata DB at once: Postgres,
-        # as in production (on SQLite the UI's trigger could meet "database is locked").
+        # as in production (on SQLite the UI's trigger once got a "Database error" in CI).
         database = cleanup.enter_context(postgres_server())
         # The runs share 2 cores: one thread per component process (no OpenMP
         # oversubscription), and no periodic re-parsing of unchanged DAG files.
