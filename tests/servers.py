@@ -126,21 +126,26 @@ def postgres_server(database: str = "airflow", user: str = "par", timeout: float
     system user, in a folder of its own under the temp dir (pytest's tmp_path is
     private to root). The folder is removed after the server stops (fast shutdown)."""
     bindir = postgres_bindir()
-    root = Path(tempfile.mkdtemp(prefix="par-postgres-"))
-    owner: pwd.struct_passwd | None = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    owner: pwd.struct_passwd | None = None
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            raise RuntimeError(
+                "postgres refuses to run as root and there is no 'postgres' user to run it as: "
+                "install postgresql from the distribution (infra/local/test-tools.sh)"
+            ) from None
     as_owner = {"user": owner.pw_uid, "group": owner.pw_gid} if owner else {}
-    if owner:
-        os.chown(root, owner.pw_uid, owner.pw_gid)
+    root = Path(tempfile.mkdtemp(prefix="par-postgres-"))
     data, log, port = root / "data", root / "postgres.log", free_port()
     proc: subprocess.Popen | None = None
     try:
-        subprocess.run(
-            [str(bindir / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync"],
-            check=True,
-            capture_output=True,
-            cwd=root,
-            **as_owner,
-        )
+        if owner:
+            os.chown(root, owner.pw_uid, owner.pw_gid)
+        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", user, "--auth=trust", "-E", "UTF8", "--no-sync"]
+        done = subprocess.run(initdb, capture_output=True, text=True, cwd=root, **as_owner)
+        if done.returncode != 0:
+            raise RuntimeError(f"initdb failed ({done.returncode}): {(done.stdout + done.stderr)[-3000:]}")
         cmd = [str(bindir / "postgres"), "-D", str(data), "-h", "127.0.0.1", "-p", str(port), "-k", str(root)]
         with log.open("w") as out:
             proc = subprocess.Popen(
