@@ -86,3 +86,50 @@ def test_camera_by_task_moves_that_task_only_and_keeps_the_frame(tmp_path):
     pick = collect.camera_for("PickCube-v1")
     assert (pick.eye, pick.target) == ((0.3, 0.0, 0.4), (0.0, 0.0, 0.02))
     assert (pick.width, pick.height, pick.shader, pick.fov) == (48, 48, "minimal", 0.9)  # fov: not given, kept
+
+
+# Sizes of the proprio parts (components.maniskill.proprio_of) and of pd_joint_pos actions.
+PROPRIO_SIZES = {"qpos": 9, "goal_pos": 3, "tcp_to_goal": 3}
+ACTION_DIM = 8
+
+
+# Profiles the suite runs whole (tests/test_dvc.py, tests/dags); the rest are checked below.
+RUN_WHOLE_IN_TESTS = {"smoke", "ci-airflow"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in (ROOT / "profiles").glob("*.yaml") if p.stem not in RUN_WHOLE_IN_TESTS),
+    ids=lambda p: p.stem,
+)
+def test_profiles_build_their_model_as_train_does_and_take_a_training_step(path):
+    """What this CPU can check of profiles it cannot run whole (gpu.yaml: `base` on 2x
+    latents): the model the train component would build from the profile's data shape
+    (the VAE's downsampling of its camera, its proprio, its tasks) computes a finite loss
+    and gradients for a batch of two."""
+    import torch
+
+    from components.train import build_model
+    from par.model import PAR
+    from tests.par.helpers import random_batch
+
+    params = load_params(path)
+    vae, camera = params.encode.vae, params.collect.camera
+    down = 2 ** (len(vae.block_channels) - 1)  # diffusers' AutoencoderKL: one halving a block but the last
+    proprio_dim = sum(PROPRIO_SIZES[p] for p in params.collect.proprio)
+    manifest = {"action_dim": ACTION_DIM, "proprio_dim": proprio_dim}
+    stats = {
+        "latent_shape": [vae.latent_channels, camera.height // down, camera.width // down],
+        "manifests": dict.fromkeys(params.tasks, manifest),
+    }
+    model = build_model(params.model, stats, params.tasks)
+    assert model.config.latent_height == camera.height // down
+    if not isinstance(model, PAR):
+        pytest.skip(f"{path.name}: model.kind {params.model.kind}")
+    torch.manual_seed(0)
+    loss = model(random_batch(model.config, batch=2)).total
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads if g is not None)
+    assert sum(g is not None for g in grads) > 0.9 * len(grads)
