@@ -88,9 +88,8 @@ def test_camera_by_task_moves_that_task_only_and_keeps_the_frame(tmp_path):
     assert (pick.width, pick.height, pick.shader, pick.fov) == (48, 48, "minimal", 0.9)  # fov: not given, kept
 
 
-# Sizes of the proprio parts (components.maniskill.proprio_of) and of pd_joint_pos actions.
-PROPRIO_SIZES = {"qpos": 9, "goal_pos": 3, "tcp_to_goal": 3}
-ACTION_DIM = 8
+# The Panda's joint positions and pd_joint_pos actions (7 joints + gripper).
+PANDA_QPOS, ACTION_DIM = 9, 8
 
 
 # Profiles the suite runs whole (tests/test_dvc.py, tests/dags); the rest are checked below.
@@ -109,21 +108,22 @@ def test_profiles_build_their_model_as_train_does_and_take_a_training_step(path)
     and gradients for a batch of two."""
     import torch
 
+    from components.encode import build_vae
+    from components.maniskill import GOAL_DIM
     from components.train import build_model
     from par.model import PAR
     from tests.par.helpers import random_batch
 
     params = load_params(path)
-    vae, camera = params.encode.vae, params.collect.camera
-    down = 2 ** (len(vae.block_channels) - 1)  # diffusers' AutoencoderKL: one halving a block but the last
-    proprio_dim = sum(PROPRIO_SIZES[p] for p in params.collect.proprio)
+    camera = params.collect.camera
+    with torch.no_grad():  # the latent shape of the profile's own VAE, as encode makes it
+        frame = torch.zeros(1, 3, camera.height, camera.width)
+        latent_shape = list(build_vae(params.encode.vae, camera.height).encode(frame).latent_dist.mean.shape[1:])
+    proprio_dim = sum(PANDA_QPOS if p == "qpos" else GOAL_DIM for p in params.collect.proprio)
     manifest = {"action_dim": ACTION_DIM, "proprio_dim": proprio_dim}
-    stats = {
-        "latent_shape": [vae.latent_channels, camera.height // down, camera.width // down],
-        "manifests": dict.fromkeys(params.tasks, manifest),
-    }
+    stats = {"latent_shape": latent_shape, "manifests": dict.fromkeys(params.tasks, manifest)}
     model = build_model(params.model, stats, params.tasks)
-    assert model.config.latent_height == camera.height // down
+    assert model.config.latent_height == latent_shape[1]
     if not isinstance(model, PAR):
         pytest.skip(f"{path.name}: model.kind {params.model.kind}")
     torch.manual_seed(0)
