@@ -8,7 +8,14 @@
   at batch 1 (one environment); ``kv_cache_detail`` adds batched environments, the
   transformer-only ratio (the diffusion heads' sampling costs the same either way) and
   ``control``: the episode as ``components.evaluate`` drives a robot, without the frame
-  prediction (the real next frame replaces it anyway).
+  prediction (the real next frame replaces it anyway). ``call_ceiling`` is the most a
+  cache can save on one call: the transformer over a full window, against the same
+  window's last step prefix (or last token) fed with the rest cached. The episode's
+  speedup can exceed neither the transformer-only ratio (the heads cost the same in
+  both paths) nor, per call, this ceiling.
+* ``matmul_rows``: fp32 GFLOP/s of a few-row product through many distinct weight
+  matrices (as a forward pass meets them, out of cache) by row count, next to the
+  memory's read bandwidth: what one cached token costs against a full window.
 * ``train_tokens_per_s`` and ``mfu``: training FLOP/s (forward + backward, counted by
   ``torch.utils.flop_counter``) divided by the same run's peak of a large fp32 matmul.
 * ``peak_rss_mb``: peak resident memory of a process that runs ``small`` training steps
@@ -29,9 +36,11 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from par.config import model_config
+from par.mask import attention_mask, window_layout
 from par.model import PAR, Batch
 from par.sampling import Rollout
 from par.training import TrainConfig, make_optimizer
+from par.transformer import KVCache
 
 
 def random_batch(config, batch: int, steps: int) -> Batch:
@@ -58,6 +67,30 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
     return best
 
 
+def best_ms(fn, repeats: int) -> float:
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1e3, 2)
+
+
+def matmul_rows(rows: tuple[int, ...] = (1, 8, 18, 131), d: int = 384, layers: int = 40) -> dict:
+    """GFLOP/s of (rows x d) @ (d x 4d) over ``layers`` distinct weights, best of 5,
+    and GB/s of summing a 256 MB tensor."""
+    weights = [torch.randn(4 * d, d) for _ in range(layers)]
+    result: dict = {"weights_mb": round(layers * 4 * d * d * 4 / 1e6, 1)}
+    for m in rows:
+        x = torch.randn(m, d)
+        ms = best_ms(lambda x=x: [x @ w.t() for w in weights], 5)
+        result[f"gflops_{m}_rows"] = round(2 * m * d * 4 * d * layers / ms / 1e6, 1)
+    big = torch.randn(64 * 1024 * 1024)
+    result["memory_read_gbps"] = round(big.numel() * 4 / best_ms(big.sum, 3) / 1e6, 1)
+    return result
+
+
 def time_episode(model: PAR, episode: Batch, use_cache: bool, steps: int, predict: bool = True) -> tuple[float, float]:
     """Seconds for a closed-loop episode, and the part spent in the transformer."""
     rollout = Rollout(model, episode.task, torch.Generator().manual_seed(0), use_cache=use_cache)
@@ -75,6 +108,38 @@ def time_episode(model: PAR, episode: Batch, use_cache: bool, steps: int, predic
     for t in range(steps):
         rollout.step(episode.frames[:, t], None if episode.proprio is None else episode.proprio[:, t], predict)
     return time.perf_counter() - start, spent[0]
+
+
+@torch.no_grad()
+def call_ceiling(size: str, batch: int, repeats: int = 5) -> dict:
+    """One transformer call over a full window against the window's tail fed with the
+    rest cached: the tail is one step's prefix (frame, state, BOA), or one token."""
+    config = model_config(size)
+    model = PAR(config).eval()
+    layout = window_layout(config, config.context_steps)
+    length = len(layout)
+    x = torch.randn(batch, length, config.d_model)
+    full_mask = attention_mask(layout, layout)
+    full_ms = best_ms(lambda: model.transformer(x, layout.position, full_mask), repeats)
+    result = {"context_tokens": length, "full_ms": full_ms}
+    prefix = config.frame_tokens + config.state_tokens + 1
+    for name, tail in (("prefix", prefix), ("one_token", 1)):
+        start = length - tail
+        cache = KVCache()
+        head = layout.select(torch.arange(length) < start)
+        model.transformer(x[:, :start], head.position, attention_mask(head, head), cache)
+        new = layout.select(torch.arange(length) >= start)
+        mask = attention_mask(new, layout)
+
+        def feed(cache=cache, start=start, new=new, mask=mask) -> None:
+            model.transformer(x[:, start:], new.position, mask, cache)
+            cache.truncate(start)
+
+        result[f"{name}_tokens"] = tail
+        result[f"{name}_cached_ms"] = best_ms(feed, repeats)
+    result["ceiling"] = round(result["full_ms"] / result["one_token_cached_ms"], 2)
+    result["prefix_ratio"] = round(result["full_ms"] / result["prefix_cached_ms"], 2)
+    return result
 
 
 def kv_cache(size: str, batch: int, steps: int = 10, repeats: int = 2) -> dict:
@@ -98,6 +163,7 @@ def kv_cache(size: str, batch: int, steps: int = 10, repeats: int = 2) -> dict:
             "full_s": round(control_full, 3),
             "speedup": round(control_full / control_cached, 2),
         },
+        "call_ceiling": call_ceiling(size, batch, repeats=2 if repeats == 1 else 5),
     }
 
 
@@ -162,6 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     result: dict = {
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
         "matmul_peak_gflops": round(peak / 1e9, 1),
+        "matmul_rows": matmul_rows(),
         "kv_cache_speedup": {},
         "kv_cache_detail": {},
         "train": {},
