@@ -9,8 +9,8 @@
   transformer-only ratio (the diffusion heads' sampling costs the same either way) and
   ``control``: the episode as ``components.evaluate`` drives a robot, without the frame
   prediction (the real next frame replaces it anyway). ``call_ceiling`` is the most a
-  cache can save on one call: the transformer over a full window, against the same
-  window's last step prefix (or last token) fed with the rest cached. The episode's
+  cache can save on one call: a step's observe call at the end of a full window,
+  recomputed whole against fed with the earlier steps cached (and one token alone). The episode's
   speedup can exceed neither the transformer-only ratio (the heads cost the same in
   both paths) nor, per call, this ceiling.
 * ``matmul_rows``: fp32 GFLOP/s of a few-row product through many distinct weight
@@ -36,9 +36,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from par.config import model_config
-from par.mask import attention_mask, window_layout
+from par.mask import attention_mask, step_layout, window_layout
 from par.model import PAR, Batch
-from par.sampling import Rollout
+from par.sampling import PREFIX_PARTS, Rollout
 from par.training import TrainConfig, make_optimizer
 from par.transformer import KVCache
 
@@ -112,11 +112,13 @@ def time_episode(model: PAR, episode: Batch, use_cache: bool, steps: int, predic
 
 @torch.no_grad()
 def call_ceiling(size: str, batch: int, repeats: int = 5) -> dict:
-    """One transformer call over a full window against the window's tail fed with the
-    rest cached: the tail is one step's prefix (frame, state, BOA), or one token."""
+    """The observe call at the end of a full window (context_steps - 1 whole steps,
+    then the last step's frame, state and BOA), recomputed whole against fed with the
+    earlier steps cached; and the last token alone fed with everything else cached."""
     config = model_config(size)
     model = PAR(config).eval()
-    layout = window_layout(config, config.context_steps)
+    last = config.context_steps - 1
+    layout = window_layout(config, last).cat(step_layout(config, last, PREFIX_PARTS))
     length = len(layout)
     x = torch.randn(batch, length, config.d_model)
     full_mask = attention_mask(layout, layout)

@@ -21,7 +21,7 @@ def test_bench_quick_prints_every_figure(capsys):
     assert 0 < result["mfu"] < 1.5  # a ratio of two measurements of this machine
     assert result["train_tokens_per_s"] > 0 and result["peak_rss_mb"] > 100
     ceiling = result["kv_cache_detail"]["tiny"]["one_env"]["call_ceiling"]
-    assert ceiling["context_tokens"] == 105 and ceiling["prefix_tokens"] == 18, ceiling
+    assert ceiling["context_tokens"] == 97 and ceiling["prefix_tokens"] == 18, ceiling
     assert min(ceiling["full_ms"], ceiling["prefix_cached_ms"], ceiling["one_token_cached_ms"]) > 0, ceiling
     rows = result["matmul_rows"]
     assert set(rows) >= {"gflops_1_rows", "gflops_131_rows", "memory_read_gbps"} and rows["memory_read_gbps"] > 0, rows
