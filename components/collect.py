@@ -9,7 +9,8 @@ goal the camera cannot see: `components.maniskill.proprio_of`), the action and t
 planner's control mode is the paper's, so no replay pass is needed: frames are
 rendered once, while planning, by the very camera (size and shader) that evaluation
 will use. Seeds are tried in order from ``seed_start``; the dataset is the first N
-whose plans succeed (deterministic whatever the worker count).
+whose plans succeed, bit for bit the same whatever the worker count (each episode
+starts from a rebuilt scene: ``Recorder.reset``).
 
 Output (one folder a task, written atomically)::
 
@@ -67,6 +68,12 @@ class Recorder:
         return self.env.unwrapped
 
     def reset(self, **kwargs: Any) -> tuple:
+        # Rebuild the scene on every reset. A plain reset does not undo all that an
+        # earlier episode's planning left behind: the same seed planned second in an
+        # env differs from it planned first (actions by up to 1e-5, contacts grow it),
+        # so a pool's scheduling would decide the data. Rebuilt, an episode depends on
+        # its seed alone, whatever the worker count, for about 0.25 s an episode.
+        kwargs["options"] = {**(kwargs.get("options") or {}), "reconfigure": True}
         obs, info = self.env.reset(**kwargs)
         self.frames, self.proprio = [frame_of(obs, self.camera)], [proprio_of(obs, self.parts)]
         self.actions, self.success = [], []
@@ -191,7 +198,7 @@ def collect_task(
                 f"(seeds {seeds.start}..{seeds.start + attempts - 1}; failed: "
                 f"{', '.join(f'{n} {reason}' for reason, n in why)}); raise collect.max_attempts_per_demo"
             )
-        manifest = build_manifest(task, params, kwargs, kept, failures, attempts, seconds)
+        manifest = build_manifest(task, params, kwargs, kept, failures, attempts)
         log.info("wrote %d episodes and the manifest", len(kept))
         write_json(tmp / "manifest.json", manifest)
     log.info(
@@ -208,8 +215,9 @@ def build_manifest(
     kept: list[dict[str, Any]],
     failures: list[dict[str, Any]],
     attempts: int,
-    seconds: float,
 ) -> dict[str, Any]:
+    """The dataset's manifest. It holds no timing (the log has it), so collecting the
+    same params again writes the same bytes and DVC sees the same data."""
     actions = np.concatenate([k["actions"] for k in kept])
     proprio = np.concatenate([k["proprio"] for k in kept])
     low, high = kept[0]["action_space"]
@@ -249,7 +257,6 @@ def build_manifest(
         "proprio_mean": proprio.mean(0).tolist(),
         "proprio_std": proprio.std(0).tolist(),
         "versions": versions(),
-        "collection_seconds": round(seconds, 1),
     }
 
 
