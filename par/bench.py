@@ -10,9 +10,9 @@
   ``control``: the episode as ``components.evaluate`` drives a robot, without the frame
   prediction (the real next frame replaces it anyway). ``call_ceiling`` is the most a
   cache can save on one call: a step's observe call at the end of a full window,
-  recomputed whole against fed with the earlier steps cached (and one token alone). The episode's
-  speedup can exceed neither the transformer-only ratio (the heads cost the same in
-  both paths) nor, per call, this ceiling.
+  recomputed whole against fed with the earlier steps cached (and one token alone).
+  The episode's speedup can exceed neither the transformer-only ratio (the heads cost
+  the same in both paths) nor, per call, this ceiling.
 * ``matmul_rows``: fp32 GFLOP/s of a few-row product through many distinct weight
   matrices (as a forward pass meets them, out of cache) by row count, next to the
   memory's read bandwidth: what one cached token costs against a full window.
@@ -124,8 +124,7 @@ def call_ceiling(size: str, batch: int, repeats: int = 5) -> dict:
     full_mask = attention_mask(layout, layout)
     full_ms = best_ms(lambda: model.transformer(x, layout.position, full_mask), repeats)
     result = {"context_tokens": length, "full_ms": full_ms}
-    prefix = config.frame_tokens + config.state_tokens + 1
-    for name, tail in (("prefix", prefix), ("one_token", 1)):
+    for name, tail in (("prefix", model.prefix_tokens), ("one_token", 1)):
         start = length - tail
         cache = KVCache()
         head = layout.select(torch.arange(length) < start)

@@ -148,8 +148,9 @@ def test_killed_collection_leaves_no_dataset(tmp_path, smoke_params):
 
 def test_a_demo_depends_on_its_seed_alone(demos, smoke_params, tmp_path):
     """The fixture planned PickCube's second demo after its first in one env; planned
-    first in a fresh env it is the same bit for bit (a plain reset carries physics
-    state over, so without the rebuilt scene it differs, and a pool's order would)."""
+    first in a fresh env it is the same bit for bit (a plain reset keeps some of what
+    the earlier plan left behind: without the rebuilt scene the two differ, and a
+    pool's scheduling would decide the data)."""
     from components.collect import collect_task
 
     manifest = json.loads((demos / "PickCube-v1" / "manifest.json").read_text())
