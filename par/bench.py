@@ -53,20 +53,6 @@ def random_batch(config, batch: int, steps: int) -> Batch:
     )
 
 
-def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
-    """Best-of-3 fp32 FLOP/s of a size x size matmul."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    best = 0.0
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - start))
-    return best
-
-
 def best_ms(fn, repeats: int) -> float:
     fn()  # warm-up
     best = float("inf")
@@ -75,6 +61,13 @@ def best_ms(fn, repeats: int) -> float:
         fn()
         best = min(best, time.perf_counter() - start)
     return round(best * 1e3, 2)
+
+
+def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
+    """Best-of-3 fp32 FLOP/s of a size x size matmul."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    ms = best_ms(lambda: [a @ b for _ in range(repeats)], 3)
+    return 2 * size**3 * repeats / (ms / 1e3)
 
 
 def matmul_rows(rows: tuple[int, ...] = (1, 8, 18, 131), d: int = 384, layers: int = 40) -> dict:
@@ -111,12 +104,11 @@ def time_episode(model: PAR, episode: Batch, use_cache: bool, steps: int, predic
 
 
 @torch.no_grad()
-def call_ceiling(size: str, batch: int, repeats: int = 5) -> dict:
+def call_ceiling(model: PAR, batch: int, repeats: int = 5) -> dict:
     """The observe call at the end of a full window (context_steps - 1 whole steps,
     then the last step's frame, state and BOA), recomputed whole against fed with the
     earlier steps cached; and the last token alone fed with everything else cached."""
-    config = model_config(size)
-    model = PAR(config).eval()
+    config = model.config
     last = config.context_steps - 1
     layout = window_layout(config, last).cat(step_layout(config, last, PREFIX_PARTS))
     length = len(layout)
@@ -164,7 +156,7 @@ def kv_cache(size: str, batch: int, steps: int = 10, repeats: int = 2) -> dict:
             "full_s": round(control_full, 3),
             "speedup": round(control_full / control_cached, 2),
         },
-        "call_ceiling": call_ceiling(size, batch, repeats=2 if repeats == 1 else 5),
+        "call_ceiling": call_ceiling(model, batch, repeats=2 if repeats == 1 else 5),
     }
 
 
