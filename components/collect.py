@@ -5,7 +5,7 @@
 ManiSkill's own motion planner (``mani_skill.examples.motionplanning``) solves each
 seeded episode in ``pd_joint_pos``; a recording wrapper keeps what the environment
 returns at every step: the camera frame, the proprio vector (joint positions, then the
-goal the camera cannot see: `components.maniskill.proprio_of`), the action and the success flag. The
+goal the camera cannot see: ``components.integrations.maniskill.proprio_of``), the action and the success flag. The
 planner's control mode is the paper's, so no replay pass is needed: frames are
 rendered once, while planning, by the very camera (size and shader) that evaluation
 will use. Seeds are tried in order from ``seed_start``; the dataset is the first N
@@ -23,18 +23,24 @@ Output (one folder a task, written atomically)::
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import multiprocessing as mp
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from components.common import ComponentError, atomic_output, log, run_cli, write_json
-from components.maniskill import (
+from components.console import Progress, log, run_cli
+from components.errors import ComponentError
+from components.formats.files import atomic_output, write_json
+from components.formats.params import DEFAULT_PROPRIO, CollectParams, load_params
+from components.integrations.maniskill import (
     camera_names,
     env_kwargs,
     frame_of,
@@ -44,7 +50,6 @@ from components.maniskill import (
     scalar,
     versions,
 )
-from components.params import DEFAULT_PROPRIO, CollectParams, load_params
 
 MAX_EPISODE_STEPS = 1000  # the planner decides when an episode ends, not the TimeLimit
 FORMAT = "par-demos-v2"
@@ -101,19 +106,27 @@ def _init_worker(task: str, kwargs: dict[str, Any], camera: list[str], proprio: 
 
 
 def _attempt(seed: int) -> dict[str, Any]:
-    """Plan one seeded episode; return its arrays, or why it failed."""
+    """Plan one seeded episode; return its arrays, or why it failed. What the planner
+    prints ("screw plan failed" when it retries a motion) is counted, not shown."""
     env, solve = _WORKER["env"], _WORKER["solve"]
+    printed = io.StringIO()
+    reason = None
     try:
-        result = solve(env, seed=seed, debug=False, vis=False)
+        with contextlib.redirect_stdout(printed):
+            result = solve(env, seed=seed, debug=False, vis=False)
     except Exception as exc:  # the planner raises on unreachable poses
-        return {"seed": seed, "ok": False, "reason": f"planner error: {exc}"}
-    if result == -1 or not env.actions:
-        return {"seed": seed, "ok": False, "reason": "no motion plan"}
-    if not env.success[-1]:
-        return {"seed": seed, "ok": False, "reason": "plan ended without success"}
+        result, reason = -1, f"planner error: {exc}"
+    notices = Counter(line.strip() for line in printed.getvalue().splitlines() if line.strip())
+    if reason is None and ((isinstance(result, int) and result == -1) or not env.actions):
+        reason = "no motion plan"
+    if reason is None and not env.success[-1]:
+        reason = "plan ended without success"
+    if reason is not None:
+        return {"seed": seed, "ok": False, "reason": reason, "notices": notices}
     return {
         "seed": seed,
         "ok": True,
+        "notices": notices,
         "frames": np.stack(env.frames),
         "proprio": np.stack(env.proprio),
         "actions": np.stack(env.actions),
@@ -137,6 +150,36 @@ def _attempts(task: str, kwargs: dict[str, Any], camera: list[str], proprio: lis
         pool.terminate()
 
 
+@dataclass
+class Tally:
+    """What a collection kept, what it tried, and what the planner said."""
+
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    notices: Counter = field(default_factory=Counter)
+    attempts: int = 0
+
+
+def _keep(result: dict[str, Any], tally: Tally, episodes: Path, max_steps: int | None) -> None:
+    """Write a successful plan as the next episode file, or record why it was refused."""
+    tally.attempts += 1
+    tally.notices.update(result["notices"])
+    if result["ok"] and max_steps is not None and len(result["actions"]) > max_steps:
+        reason = f"plan too long: {len(result['actions'])} steps > validate.max_episode_steps {max_steps}"
+        result = {"seed": result["seed"], "ok": False, "reason": reason}
+    if not result["ok"]:
+        tally.failures.append({"seed": result["seed"], "reason": result["reason"]})
+        return
+    np.savez_compressed(
+        episodes / f"episode_{len(tally.kept):05d}.npz",
+        **{k: result[k] for k in ("frames", "actions", "proprio", "success")},
+        seed=np.int64(result["seed"]),
+    )
+    tally.kept.append(
+        {k: result[k] for k in ("seed", "actions", "proprio", "action_space")} | {"T": len(result["actions"])}
+    )
+
+
 def collect_task(
     task: str, params: CollectParams, out: Path, progress: bool = True, max_steps: int | None = None
 ) -> dict[str, Any]:
@@ -147,77 +190,43 @@ def collect_task(
     never writes a dataset that validate then refuses. The planner sometimes succeeds
     the long way round (a StackCube plan of 807 steps in 611 attempts, where the demos
     take 80-131): a demo a policy should not learn from."""
-    from tqdm import tqdm
-
     planner_for(task)  # fail fast on tasks without a planner
     camera = params.camera_for(task)
     kwargs = env_kwargs(params.control_mode, camera, params.robot_uids, params.sim_backend, MAX_EPISODE_STEPS)
     wanted = params.demos_for(task)
-    max_attempts = math.ceil(wanted * params.max_attempts_per_demo)
-    seeds = range(params.seed_start, params.seed_start + max_attempts)
-    started = time.perf_counter()
-    kept: list[dict[str, Any]] = []
-    failures: list[dict[str, Any]] = []
-    with atomic_output(out) as tmp:
+    seeds = range(params.seed_start, params.seed_start + math.ceil(wanted * params.max_attempts_per_demo))
+    started, tally = time.perf_counter(), Tally()
+    with atomic_output(out) as tmp, Progress(f"collect {task}", wanted, "demos", enabled=progress) as bar:
         (tmp / "episodes").mkdir()
-        bar = tqdm(total=wanted, desc=f"collect {task}", unit="demo", disable=not progress)
-        attempts = 0
         results = _attempts(task, kwargs, camera_names(camera.manifest()), params.proprio, seeds, params.workers)
         for result in results:
-            attempts += 1
-            if result["ok"] and max_steps is not None and len(result["actions"]) > max_steps:
-                reason = f"plan too long: {len(result['actions'])} steps > validate.max_episode_steps {max_steps}"
-                result = {"seed": result["seed"], "ok": False, "reason": reason}
-            if not result["ok"]:
-                failures.append({"seed": result["seed"], "reason": result["reason"]})
-            else:
-                index = len(kept)
-                np.savez_compressed(
-                    tmp / "episodes" / f"episode_{index:05d}.npz",
-                    frames=result["frames"],
-                    actions=result["actions"],
-                    proprio=result["proprio"],
-                    success=result["success"],
-                    seed=np.int64(result["seed"]),
-                )
-                kept.append(
-                    {k: result[k] for k in ("seed", "actions", "proprio", "action_space")}
-                    | {"T": len(result["actions"])}
-                )
-                bar.update(1)
-            bar.set_postfix(planner_success=f"{len(kept) / attempts:.0%}")
-            if len(kept) == wanted:
+            _keep(result, tally, tmp / "episodes", max_steps)
+            bar.update(len(tally.kept) - bar.done, note=f"planner success {len(tally.kept) / tally.attempts:.0%}")
+            if len(tally.kept) == wanted:
                 results.close()
                 break
-        bar.close()
-        seconds = time.perf_counter() - started
-        if len(kept) < wanted:
-            why = Counter(f["reason"].split(":")[0] for f in failures).most_common()
+        if len(tally.kept) < wanted:
+            why = Counter(f["reason"].split(":")[0] for f in tally.failures).most_common()
             raise ComponentError(
-                f"{task}: only {len(kept)} of {wanted} demos succeeded in {attempts} planner attempts "
-                f"(seeds {seeds.start}..{seeds.start + attempts - 1}; failed: "
+                f"{task}: only {len(tally.kept)} of {wanted} demos succeeded in {tally.attempts} planner attempts "
+                f"(seeds {seeds.start}..{seeds.start + tally.attempts - 1}; failed: "
                 f"{', '.join(f'{n} {reason}' for reason, n in why)}); raise collect.max_attempts_per_demo"
             )
-        manifest = build_manifest(task, params, kwargs, kept, failures, attempts)
-        log.info("wrote %d episodes and the manifest", len(kept))
+        manifest = build_manifest(task, params, kwargs, tally)
         write_json(tmp / "manifest.json", manifest)
+    seconds = time.perf_counter() - started
     log.info(
-        "collected %d %s demos in %.0f s: %.2f demos/s, planner success %d/%d (%.0f%%)",
-        *(wanted, task, seconds, wanted / seconds, wanted, attempts, 100 * wanted / attempts),
+        "collected %d %s demos in %.0f s (%.2f demos/s), planner success %d/%d; planner notices: %s",
+        *(wanted, task, seconds, wanted / seconds, wanted, tally.attempts),
+        ", ".join(f"{n} {text!r}" for text, n in tally.notices.most_common()) or "none",
     )
     return manifest
 
 
-def build_manifest(
-    task: str,
-    params: CollectParams,
-    kwargs: dict[str, Any],
-    kept: list[dict[str, Any]],
-    failures: list[dict[str, Any]],
-    attempts: int,
-) -> dict[str, Any]:
+def build_manifest(task: str, params: CollectParams, kwargs: dict[str, Any], tally: Tally) -> dict[str, Any]:
     """The dataset's manifest. It holds no timing (the log has it), so collecting the
     same params again writes the same bytes and DVC sees the same data."""
+    kept, failures, attempts = tally.kept, tally.failures, tally.attempts
     actions = np.concatenate([k["actions"] for k in kept])
     proprio = np.concatenate([k["proprio"] for k in kept])
     low, high = kept[0]["action_space"]
@@ -245,6 +254,8 @@ def build_manifest(
         },
         "seeds": [k["seed"] for k in kept],
         "failed_seeds": failures,
+        # What the planner printed over all attempts ("screw plan failed": a motion it retried).
+        "planner_notices": dict(sorted(tally.notices.items())),
         "action_dim": int(actions.shape[1]),
         "proprio": params.proprio,
         "proprio_dim": int(proprio.shape[1]),

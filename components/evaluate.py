@@ -13,25 +13,37 @@ context. A policy that emits NaN or infinite actions fails that episode; it does
 not crash the evaluation.
 
 ``--model-uri`` takes a policy folder or an MLflow ``models:/<name>@<alias>`` (or
-``runs:/...``) URI. ``--seed-start``/``--episodes`` select a shard; ``merge`` joins
-shards. Output: ``episodes.json`` (one row per episode), ``metrics.json``
-(success_once, success_at_end, Wilson interval, mean length) and rollout videos.
+``runs:/...``) URI. With ``evaluate.shards`` > 1 the seeds are split into that many
+contiguous shards evaluated by parallel worker processes and merged into one result.
+``--seed-start``/``--episodes`` evaluate one shard by hand (on another machine, say);
+``--merge`` joins such shards. Output: ``episodes.json`` (one row per episode),
+``metrics.json`` (success_once, success_at_end, Wilson interval, mean length) and
+rollout videos.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
+import os
+import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from components.common import ComponentError, atomic_output, log, read_json, run_cli, write_json
-from components.maniskill import (
+from components.console import Progress, log, run_cli
+from components.errors import ComponentError
+from components.formats.files import atomic_output, read_json, write_json
+from components.formats.params import DEFAULT_PROPRIO, EvaluateParams, load_params
+from components.formats.plots import write_video
+from components.formats.policy import Policy
+from components.integrations.maniskill import (
     camera_names,
     frame_of,
     make_env,
@@ -41,9 +53,7 @@ from components.maniskill import (
     scalar,
     step_unobserved,
 )
-from components.metrics import wilson_interval
-from components.params import DEFAULT_PROPRIO, EvaluateParams, load_params
-from components.policy import Policy
+from components.ml.metrics import wilson_interval
 from par.sampling import rollout_for
 
 
@@ -63,6 +73,60 @@ def protocol_seeds(params: EvaluateParams, seed_start: int | None, episodes: int
     return pairs[start:stop]
 
 
+@dataclass
+class Episode:
+    """What one closed-loop episode did so far."""
+
+    steps: int = 0
+    success: bool = False
+    success_once: bool = False
+    first_success: int | None = None
+    failure: str = ""
+    reached: dict[str, bool] = field(default_factory=dict)  # progress flags true at some step
+    policy_seconds: float = 0.0
+    frames: list[np.ndarray] = field(default_factory=list)
+
+    def row(self, env_seed: int, policy_seed: int) -> dict[str, Any]:
+        row = {
+            "seed": env_seed,
+            "policy_seed": policy_seed,
+            "success_once": self.success_once,
+            "success_at_end": self.success and not self.failure,
+            "steps": self.steps,
+            "first_success_step": self.first_success,
+            "policy_seconds": round(self.policy_seconds, 3),
+            "failure": self.failure,
+            "reached": self.reached,
+        }
+        if self.frames:
+            row["frames"] = np.stack(self.frames)
+        return row
+
+
+def _execute(env: Any, actions: np.ndarray, episode: Episode, camera: str | list[str], max_steps: int, record: bool):
+    """Step a chunk's actions (terminations ignored); return the observation after it.
+    Only the frame after the chunk is looked at (or every frame of a recorded episode):
+    the others are not rendered (components.integrations.maniskill.step_unobserved)."""
+    obs = None
+    for k, action in enumerate(actions):
+        if record or k == len(actions) - 1:
+            obs, _, _, _, info = env.step(action)
+        else:
+            info = step_unobserved(env, action)
+        episode.steps += 1
+        episode.success = bool(scalar(info["success"]))
+        for key, flag in progress_flags(info).items():
+            episode.reached[key] = episode.reached.get(key, False) or flag
+        if episode.success and episode.first_success is None:
+            episode.first_success = episode.steps
+        episode.success_once |= episode.success
+        if record:
+            episode.frames.append(frame_of(obs, camera))
+        if episode.steps >= max_steps:
+            break
+    return obs
+
+
 def run_episode(
     policy: Policy,
     env: Any,
@@ -79,19 +143,12 @@ def run_episode(
     """One closed-loop episode; returns its row (and frames when ``record``).
     ``parts``: the proprio layout the policy was trained on."""
     obs, _ = env.reset(seed=env_seed)
+    generator = torch.Generator().manual_seed(policy_seed)
     rollout = rollout_for(
-        policy.model,
-        torch.tensor([task_id]),
-        torch.Generator().manual_seed(policy_seed),
-        action_steps=action_steps,
-        action_samples=action_samples,
+        policy.model, torch.tensor([task_id]), generator, action_steps=action_steps, action_samples=action_samples
     )
-    frames = [frame_of(obs, camera)] if record else []
-    success_once, success, steps, failure = False, False, 0, ""
-    first_success: int | None = None
-    reached: dict[str, bool] = {}  # progress flags true at some step
-    policy_seconds = 0.0
-    while steps < max_steps:
+    episode = Episode(frames=[frame_of(obs, camera)] if record else [])
+    while episode.steps < max_steps:
         started = time.perf_counter()
         latent = policy.encode_frames(frame_of(obs, camera)[None])
         proprio = policy.normalize_proprio(proprio_of(obs, parts)[None]) if policy.model.config.proprio_dim else None
@@ -99,42 +156,12 @@ def run_episode(
         chunk = rollout.sample_actions()
         rollout.commit_actions(chunk)
         actions = policy.denormalize_actions(chunk[0])
-        policy_seconds += time.perf_counter() - started
+        episode.policy_seconds += time.perf_counter() - started
         if not np.isfinite(actions).all():
-            failure = "policy emitted non-finite actions"
+            episode.failure = "policy emitted non-finite actions"
             break
-        for k, action in enumerate(actions):
-            # Terminations ignored: run to max_steps. Only the frame after the chunk is
-            # looked at (or every frame of a recorded episode): render only those.
-            if record or k == len(actions) - 1:
-                obs, _, _, _, info = env.step(action)
-            else:
-                info = step_unobserved(env, action)
-            steps += 1
-            success = bool(scalar(info["success"]))
-            for key, flag in progress_flags(info).items():
-                reached[key] = reached.get(key, False) or flag
-            if success and first_success is None:
-                first_success = steps
-            success_once |= success
-            if record:
-                frames.append(frame_of(obs, camera))
-            if steps >= max_steps:
-                break
-    row = {
-        "seed": env_seed,
-        "policy_seed": policy_seed,
-        "success_once": success_once,
-        "success_at_end": success and not failure,
-        "steps": steps,
-        "first_success_step": first_success,
-        "policy_seconds": round(policy_seconds, 3),
-        "failure": failure,
-        "reached": reached,
-    }
-    if record:
-        row["frames"] = np.stack(frames)
-    return row
+        obs = _execute(env, actions, episode, camera, max_steps, record)
+    return episode.row(env_seed, policy_seed)
 
 
 def summarize(rows: list[dict[str, Any]], task: str) -> dict[str, Any]:
@@ -176,14 +203,6 @@ def check_compatible(policy: Policy, task: str, manifest_info: dict[str, Any] | 
     return info
 
 
-def write_video(frames: np.ndarray, path: Path, fps: int = 20) -> None:
-    import imageio.v2 as imageio
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    big = frames.repeat(4, axis=1).repeat(4, axis=2)  # 64 px frames are tiny on screen
-    imageio.mimsave(path, list(big), fps=fps, macro_block_size=1)
-
-
 def evaluate(
     policy: Policy,
     task: str,
@@ -194,52 +213,30 @@ def evaluate(
     manifest: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from tqdm import tqdm
-
+    """Evaluate ``policy`` on ``task`` (the protocol's seeds, or one shard of them) into ``out``."""
     info = check_compatible(policy, task, manifest)
     if params.threads:
         torch.set_num_threads(params.threads)
     max_steps = params.max_episode_steps.get(task, params.default_max_episode_steps)
-    kwargs = dict(info["env_kwargs"], max_episode_steps=max_steps)
-    camera = camera_names(info["camera"])
+    camera, parts = camera_names(info["camera"]), proprio_parts(info)
     pairs = protocol_seeds(params, seed_start, episodes)
-    env = make_env(task, kwargs)
+    env = make_env(task, dict(info["env_kwargs"], max_episode_steps=max_steps))
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     try:
-        with atomic_output(out) as tmp:
-            bar = tqdm(pairs, desc=f"evaluate {task}", unit="ep", disable=not progress)
-            for i, (env_seed, policy_seed) in enumerate(bar):
+        with atomic_output(out) as tmp, Progress(f"evaluate {task}", len(pairs), "episodes", enabled=progress) as bar:
+            for i, (env_seed, policy_seed) in enumerate(pairs):
                 record = i < params.videos
                 row = run_episode(
-                    policy,
-                    env,
-                    policy.task_id(task),
-                    camera,
-                    env_seed,
-                    policy_seed,
-                    max_steps,
-                    record,
-                    params.action_sampling_steps,
-                    params.action_samples,
-                    proprio_parts(info),
-                )
+                    policy, env, policy.task_id(task), camera, env_seed, policy_seed, max_steps, record,
+                    params.action_sampling_steps, params.action_samples, parts,
+                )  # fmt: skip
                 if record:
                     write_video(row.pop("frames"), tmp / "videos" / f"{task}_seed{env_seed}.mp4")
                 rows.append(row)
-                bar.set_postfix(success=f"{sum(r['success_once'] for r in rows)}/{len(rows)}")
-                if not progress and (i + 1) % 10 == 0:
-                    log.info(
-                        "%s: %d/%d episodes, %d successes",
-                        task,
-                        i + 1,
-                        len(pairs),
-                        sum(r["success_once"] for r in rows),
-                    )
-            metrics = summarize(rows, task)
-            metrics["seconds"] = round(time.perf_counter() - started, 1)
-            metrics["max_episode_steps"] = max_steps
-            metrics["protocol"] = params.protocol
+                bar.update(note=f"{sum(r['success_once'] for r in rows)} successes")
+            metrics = summarize(rows, task) | {"seconds": round(time.perf_counter() - started, 1)}
+            metrics |= {"max_episode_steps": max_steps, "protocol": params.protocol}
             write_json(tmp / "episodes.json", rows)
             write_json(tmp / "metrics.json", metrics)
     finally:
@@ -250,6 +247,48 @@ def evaluate(
         ", ".join(f"{k} {v:.2f}" for k, v in metrics["reached"].items()) or "no progress flags",
     )
     return metrics
+
+
+def shard_plan(params: EvaluateParams) -> list[tuple[int, int]]:
+    """(first env seed, episodes) of each of ``evaluate.shards`` contiguous seed shards;
+    the last one may be short."""
+    pairs = protocol_seeds(params, None, None)
+    per_shard = -(-len(pairs) // params.shards)
+    return [(pairs[k][0], len(pairs[k : k + per_shard])) for k in range(0, len(pairs), per_shard)]
+
+
+def _evaluate_shard(job: dict[str, Any]) -> Path:
+    """A worker process's shard: load the policy, evaluate its seeds into its folder."""
+    from components.integrations.registry import resolve_policy
+
+    torch.set_num_threads(job["threads"])
+    params: EvaluateParams = job["params"]
+    evaluate(
+        resolve_policy(job["model_uri"]), job["task"], params.model_copy(update={"threads": job["threads"]}),
+        job["out"], job["seed_start"], job["episodes"], job["manifest"], progress=False,
+    )  # fmt: skip
+    return job["out"]
+
+
+def evaluate_sharded(
+    model_uri: str, task: str, params: EvaluateParams, out: Path, manifest: dict | None, progress: bool = True
+) -> dict[str, Any]:
+    """The protocol's seeds in ``evaluate.shards`` parallel processes, merged into ``out``.
+    Only the first shard records videos; each worker takes its share of the cores."""
+    plan = shard_plan(params)
+    threads = params.threads or max(1, (os.cpu_count() or 1) // len(plan))
+    with tempfile.TemporaryDirectory(dir=out.parent if out.parent.exists() else None, prefix=".shards-") as work:
+        jobs = [
+            dict(model_uri=model_uri, task=task, params=params.model_copy(update={"videos": 0 if k else params.videos}),
+                 out=Path(work) / f"shard-{k}", seed_start=first, episodes=n, manifest=manifest, threads=threads)
+            for k, (first, n) in enumerate(plan)
+        ]  # fmt: skip
+        log.info("%s: %d shards of %s episodes, %d threads each", task, len(plan), [n for _, n in plan], threads)
+        bar = Progress(f"evaluate {task}", len(plan), "shards", enabled=progress)
+        with bar, mp.get_context("spawn").Pool(len(plan)) as pool:
+            for _ in pool.imap_unordered(_evaluate_shard, jobs):
+                bar.update()
+        return merge([job["out"] for job in jobs], out)
 
 
 def merge(shards: list[Path], out: Path) -> dict[str, Any]:
@@ -283,11 +322,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", help="task to evaluate")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--dataset", type=Path, help="dataset folder whose manifest the model must match")
-    parser.add_argument("--seed-start", type=int)
-    parser.add_argument("--episodes", type=int)
+    parser.add_argument("--seed-start", type=int, help="one shard by hand: its first env seed")
+    parser.add_argument("--episodes", type=int, help="one shard by hand: its number of episodes")
     parser.add_argument("--merge", nargs="+", type=Path, help="merge these shard folders into --out instead")
     parser.add_argument("--metrics", type=Path, help="also write the metrics JSON here (a DVC metrics file)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress line")
     args = parser.parse_args(argv)
     if args.merge:
         metrics = merge(args.merge, args.out)
@@ -297,21 +336,19 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.model_uri or not args.task:
         parser.error("--model-uri and --task are required (unless --merge)")
-    from components.registry import resolve_policy
+    from components.integrations.registry import resolve_policy
 
     params = load_params(args.params)
     policy = resolve_policy(args.model_uri)
     manifest = read_json(args.dataset / "manifest.json", "manifest") if args.dataset else None
-    metrics = evaluate(
-        policy,
-        args.task,
-        params.evaluate,
-        args.out,
-        args.seed_start,
-        args.episodes,
-        manifest,
-        progress=not args.no_progress,
-    )
+    progress = not args.no_progress
+    if params.evaluate.shards > 1 and args.seed_start is None and args.episodes is None:
+        check_compatible(policy, args.task, manifest)
+        metrics = evaluate_sharded(args.model_uri, args.task, params.evaluate, args.out, manifest, progress)
+    else:
+        metrics = evaluate(
+            policy, args.task, params.evaluate, args.out, args.seed_start, args.episodes, manifest, progress
+        )
     if args.metrics:
         write_json(args.metrics, metrics)
     log_to_mlflow(args.params, args.task, args.model_uri, args.out, metrics)
@@ -320,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def log_to_mlflow(params_path: Path, task: str, model_uri: str, out: Path, metrics: dict[str, Any]) -> None:
     """One MLflow run per evaluated task (shard): metrics, per-episode rows, videos."""
-    from components.tracking import stage_run
+    from components.integrations.tracking import stage_run
 
     with stage_run(f"evaluate-{task}", params_path, tags={"par.task": task, "par.model_uri": model_uri}):
         import mlflow

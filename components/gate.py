@@ -14,21 +14,24 @@ names the task and the numbers; it exits non-zero only if ``gate.fail_on_refusal
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
-from components.common import ComponentError, log, read_json, run_cli, write_json
-from components.params import load_params
+from components.console import log, run_cli
+from components.errors import ComponentError, RefusedError
+from components.formats.files import read_json, write_json
+from components.formats.params import load_params
 
 
-class GateRefusedError(Exception):
+class GateRefusedError(RefusedError):
     """The gate refused the candidate and params ask for a non-zero exit."""
+
+    label = "gate refused the candidate"
 
 
 def gate(params_path: Path, policy_dir: Path, eval_root: Path, score_path: Path | None) -> dict[str, Any]:
-    from components.registry import Registry, check_promotion, log_policy_model, version_tags
-    from components.tracking import stage_run
+    from components.integrations.registry import Registry, check_promotion, log_policy_model, version_tags
+    from components.integrations.tracking import stage_run
 
     params = load_params(params_path)
     if not (policy_dir / "policy.json").is_file():
@@ -85,13 +88,5 @@ def main(argv: list[str] | None = None) -> None:
         raise GateRefusedError("; ".join(result["refusal_reasons"]))
 
 
-def cli(argv: list[str] | None = None) -> int:
-    try:
-        return run_cli(main, argv)
-    except GateRefusedError as exc:
-        print(f"gate refused the candidate: {exc}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    raise SystemExit(run_cli(main))

@@ -14,22 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-from components.common import ComponentError, log, run_cli
-from components.params import load_params
+from components.console import log, run_cli
+from components.errors import ComponentError, RefusedError
+from components.formats.params import load_params
 
 
-class PromotionRefusedError(Exception):
-    pass
+class PromotionRefusedError(RefusedError):
+    """A check failed and the person did not --force the promotion."""
+
+    label = "promotion refused"
 
 
 def promote(
     params_path: Path, version: str | None, rollback: bool, force: bool, who: str, why: str
 ) -> dict[str, object]:
-    from components.registry import Registry, check_promotion
+    from components.integrations.registry import Registry, check_promotion
 
     params = load_params(params_path)
     registry = Registry(params.gate.model_name)
@@ -81,13 +83,5 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(promote(args.params, args.version, args.rollback, args.force, args.who, args.why)))
 
 
-def cli(argv: list[str] | None = None) -> int:
-    try:
-        return run_cli(main, argv)
-    except PromotionRefusedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    raise SystemExit(run_cli(main))

@@ -16,18 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import os
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from components.common import ComponentError, log, read_json, run_cli, write_json
-from components.params import load_params
+from components.console import log, run_cli
+from components.errors import ComponentError, RefusedError
+from components.formats.files import read_json, write_json
+from components.formats.params import load_params
 
 
-class RegressionError(Exception):
+class RegressionError(RefusedError):
     """The champion regressed beyond its recorded interval."""
+
+    label = "regression"
 
 
 def find_regressions(recorded: dict[str, dict[str, float]], fresh: dict[str, dict[str, Any]]) -> list[str]:
@@ -61,8 +65,8 @@ def alert(messages: list[str], webhook_url: str | None) -> None:
 
 
 def check(params_path: Path, eval_root: Path, webhook_url: str | None) -> dict[str, Any]:
-    from components.registry import Registry
-    from components.tracking import stage_run
+    from components.integrations.registry import Registry
+    from components.integrations.tracking import stage_run
 
     params = load_params(params_path)
     registry = Registry(params.gate.model_name)
@@ -103,7 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", type=Path)
     parser.add_argument("--eval-root", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--webhook-url", help="alert webhook (JSON POST) called on a regression")
+    parser.add_argument(
+        "--webhook-url",
+        default=os.environ.get("PAR_ALERT_WEBHOOK") or None,
+        help="alert webhook (JSON POST) called on a regression (default: $PAR_ALERT_WEBHOOK)",
+    )
     args = parser.parse_args(argv)
     result = check(args.params, args.eval_root, args.webhook_url)
     write_json(args.out, result)
@@ -111,13 +119,5 @@ def main(argv: list[str] | None = None) -> None:
         raise RegressionError("; ".join(result["regressions"]))
 
 
-def cli(argv: list[str] | None = None) -> int:
-    try:
-        return run_cli(main, argv)
-    except RegressionError as exc:
-        print(f"regression: {exc}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    raise SystemExit(run_cli(main))

@@ -1,7 +1,7 @@
 """score: video prediction of a policy's model on held-out demonstrations.
 
     python -m components.score --params params.yaml --model-uri data/policy --encoded data/encoded \\
-        --demos-root data/demos --out data/score --metrics metrics/score.json --plots plots/score
+        --demos-root data/demos --out data/score --metrics metrics/score.json --plots plots
 
 For every held-out episode (encode's ``holdout``): start from its first real frame
 and, step by step, feed the demo's true action chunk (and proprio), let the model
@@ -9,7 +9,8 @@ predict the next frame, and feed the *prediction* back (open loop). Before each
 chunk is fed, the model also proposes its own chunk, compared with the demo's.
 Reported per horizon step (1 = one chunk ahead): PSNR and SSIM of the decoded
 prediction against the real frame, plus the action error. Side-by-side videos
-(predicted | real) and a per-step plot are written and logged to MLflow.
+(predicted | real) and a per-step plot (PNG, and its numbers as CSV: a DVC plot) are
+written and logged to MLflow.
 """
 
 from __future__ import annotations
@@ -22,12 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.common import ComponentError, atomic_output, log, run_cli, write_json
-from components.dataset import read_demo, read_manifest
-from components.latents import load_task_arrays
-from components.metrics import psnr, ssim
-from components.params import load_params
-from components.policy import Policy
+from components.console import log, run_cli
+from components.errors import ComponentError
+from components.formats.dataset import read_demo, read_manifest
+from components.formats.files import atomic_output, write_json
+from components.formats.latents import load_task_arrays
+from components.formats.params import load_params
+from components.formats.plots import save_score_plot, save_side_by_side
+from components.formats.policy import Policy
+from components.ml.metrics import psnr, ssim
 from par.baseline import BCPolicy
 from par.sampling import rollout_for
 
@@ -76,37 +80,6 @@ def score_episode(
 def per_step_mean(rows: list[list[float]]) -> list[float]:
     horizon = max((len(r) for r in rows), default=0)
     return [float(np.mean([r[h] for r in rows if len(r) > h])) for h in range(horizon)]
-
-
-def save_side_by_side(pred: torch.Tensor, real: torch.Tensor, path: Path, fps: int = 4) -> None:
-    import imageio.v2 as imageio
-
-    frames = torch.cat([pred, real], dim=3).permute(0, 2, 3, 1).mul(255).round().byte().numpy()
-    frames = frames.repeat(4, axis=1).repeat(4, axis=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    imageio.mimsave(path, list(frames), fps=fps, macro_block_size=1)
-
-
-def save_metric_plot(metrics: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    for ax, key, label in zip(axes, ("psnr", "ssim", "action_mae"), ("PSNR (dB)", "SSIM", "action MAE"), strict=True):
-        for task, values in metrics["per_task"].items():
-            series = values.get(f"{key}_per_step") or []
-            if series:
-                ax.plot(range(1, len(series) + 1), series, marker="o", label=task)
-        ax.set_xlabel("horizon (chunks ahead)")
-        ax.set_title(label)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def score(
@@ -175,15 +148,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plots", required=True, type=Path)
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    from components.registry import resolve_policy
-    from components.tracking import stage_run
+    from components.integrations.registry import resolve_policy
+    from components.integrations.tracking import stage_run
 
     policy = resolve_policy(args.model_uri)
     metrics = score(
         policy, args.encoded, args.demos_root, list(params.tasks), args.out, params.score.horizon, params.score.videos
     )
     plot = args.plots / "score_per_step.png"
-    save_metric_plot(metrics, plot)
+    save_score_plot(metrics["per_task"], plot)
     write_json(args.metrics, metrics)
     with stage_run("score", args.params) as _:
         import mlflow

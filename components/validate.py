@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -28,13 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from components.common import ComponentError, atomic_output, log, run_cli, write_json
-from components.dataset import read_demo, read_manifest
-from components.params import CollectParams, ValidateParams, load_params
+from components.console import log, run_cli
+from components.errors import ComponentError, RefusedError
+from components.formats.dataset import read_demo, read_manifest
+from components.formats.files import atomic_output, write_json
+from components.formats.params import CollectParams, ValidateParams, load_params
 
 
-class ValidationFailedError(Exception):
+class ValidationFailedError(RefusedError):
     """The dataset broke at least one expectation."""
+
+    label = "validation failed"
 
 
 def episode_rows(dataset: Path, manifest: dict[str, Any], params: ValidateParams) -> list[dict[str, Any]]:
@@ -236,13 +239,5 @@ def main(argv: list[str] | None = None) -> None:
     validate(args.dataset, params.validate_params, params.collect, args.out)
 
 
-def cli(argv: list[str] | None = None) -> int:
-    try:
-        return run_cli(main, argv)
-    except ValidationFailedError as exc:
-        print(f"validation failed: {exc}", file=sys.stderr)
-        return 1
-
-
 if __name__ == "__main__":
-    raise SystemExit(cli())
+    raise SystemExit(run_cli(main))

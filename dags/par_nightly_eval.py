@@ -11,12 +11,21 @@ the alert hook (a log line always; a webhook when the Airflow connection
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from airflow.sdk import Param, dag, task
 
-from components.orchestration import operator, runner, stage_commands
+from components.orchestration import operators
 
-RUNNER = runner()
+FOLDER = "{{ nightly_folder(run_id) }}"
+
+
+def champion_evaluation(item: dict) -> str:
+    """The evaluation command line of one task of the nightly run."""
+    return operators.component_command(
+        "evaluate", "--params", "params.yaml", "--model-uri", item["model_uri"], "--task", item["task"],
+        "--out", f"eval/{item['task']}",
+    )  # fmt: skip
 
 
 @dag(
@@ -31,25 +40,36 @@ RUNNER = runner()
         "profile": Param(
             None,
             type=["null", "string"],
-            description="optional profiles/<name>.yaml whose tasks and seeds are evaluated",
+            description="Optional: a file of profiles/ whose tasks and evaluation seeds are used instead of "
+            "params.yaml's (the seeds must be those the champion was evaluated on at promotion).",
         ),
     },
+    user_defined_macros=operators.MACROS,
     doc_md=__doc__,
 )
 def par_nightly_eval() -> None:
     @task
-    def plan(params: dict | None = None, run_id: str | None = None) -> dict:
-        """Write the run's params.yaml and the evaluation and check command lines."""
-        import sys
+    def prepare(params: dict | None = None, run_id: str | None = None, ti: Any = None) -> list[dict]:
+        """Write the run's params.yaml; return one evaluation a task; pass on the alert webhook."""
+        from components.orchestration.runs import prepare_nightly_run
 
-        from components.orchestration import nightly_plan
+        if ti is not None:
+            ti.xcom_push(key="webhook", value=webhook_url() or "")
+        return prepare_nightly_run(dict(params or {}), run_id or "manual")
 
-        return nightly_plan(RUNNER, sys.executable, run_id or "manual", webhook_url(), dict(params or {}))
-
-    steps = plan()
-    evaluate = operator("evaluate_champion", stage_commands(steps, "evaluate"), mapped=True)
-    check = operator("check_regression", steps["check"], retries=0)
-    evaluate >> check
+    evaluations = prepare()
+    evaluate = operators.component(
+        "evaluate_champion", evaluations.map(champion_evaluation), mapped=True, folder=FOLDER
+    )
+    check = operators.component(
+        "check_regression",
+        operators.component_command("regression", "--params", "params.yaml", "--eval-root", "eval",
+                                    "--out", "regression.json"),
+        folder=FOLDER,
+        retries=0,
+        env={"PAR_ALERT_WEBHOOK": "{{ ti.xcom_pull(task_ids='prepare', key='webhook') }}"},
+    )  # fmt: skip
+    evaluations >> evaluate >> check
 
 
 def webhook_url() -> str | None:

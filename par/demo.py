@@ -35,6 +35,24 @@ def held_out_action_error(model: PAR, sampler: WindowSampler, episodes: int, see
     return sum(errors) / len(errors)
 
 
+def train_logged(trainer: Trainer, steps: int) -> list[float]:
+    """Run ``trainer``, logging its loss every 25 steps; returns every step's loss."""
+    losses: list[float] = []
+    started = time.perf_counter()
+
+    def report(r: StepResult) -> None:
+        losses.append(r.loss.total.item())
+        if r.step == 1 or r.step % 25 == 0 or r.step == steps:
+            log.info(
+                "step %4d/%d  loss %.4f (frame %.4f, action %.4f)  lr %.2e  %.2f steps/s",
+                *(r.step, steps, r.loss.total.item(), r.loss.frame.item(), r.loss.action.item(), r.lr),
+                r.step / (time.perf_counter() - started),
+            )
+
+    trainer.run(on_step=report)
+    return losses
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="tiny", help="named model size (default: tiny)")
@@ -50,43 +68,14 @@ def main(argv: list[str] | None = None) -> dict:
     model = PAR(config)
     train = WindowSampler(make_episodes(config, args.episodes, seed=args.seed), config.context_steps, config.chunk_len)
     held_out = WindowSampler(make_episodes(config, 12, seed=args.seed + 1000), config.context_steps, config.chunk_len)
-    trainer = Trainer(
-        model,
-        train,
-        TrainConfig(
-            steps=args.steps,
-            batch_size=args.batch_size,
-            lr=1e-3,
-            warmup_steps=min(50, args.steps // 10),
-            seed=args.seed,
-        ),
+    optim = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, lr=1e-3, warmup_steps=min(50, args.steps // 10), seed=args.seed
     )
-    log.info(
-        "PAR-%s: %.2fM parameters, %d steps of batch %d",
-        args.size,
-        model.num_parameters() / 1e6,
-        args.steps,
-        args.batch_size,
-    )
+    parameters_m = model.num_parameters() / 1e6
+    log.info("PAR-%s: %.2fM parameters, %d steps of batch %d", args.size, parameters_m, args.steps, args.batch_size)
     error_before = held_out_action_error(model, held_out, 12, args.seed)
-    losses: list[float] = []
     started = time.perf_counter()
-
-    def report(r: StepResult) -> None:
-        losses.append(r.loss.total.item())
-        if r.step == 1 or r.step % 25 == 0 or r.step == args.steps:
-            log.info(
-                "step %4d/%d  loss %.4f (frame %.4f, action %.4f)  lr %.2e  %.2f steps/s",
-                r.step,
-                args.steps,
-                r.loss.total.item(),
-                r.loss.frame.item(),
-                r.loss.action.item(),
-                r.lr,
-                r.step / (time.perf_counter() - started),
-            )
-
-    trainer.run(on_step=report)
+    losses = train_logged(Trainer(model, train, optim), args.steps)
     first, last = sum(losses[:10]) / len(losses[:10]), sum(losses[-10:]) / len(losses[-10:])
     result = {
         "size": args.size,

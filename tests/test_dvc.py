@@ -11,11 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-from components.params import materialize
-from tests.servers import mlflow_server, moto_server
+from components.formats.params import materialize
+from tests.harness.project import project_copy
+from tests.harness.servers import mlflow_server, moto_server
 
 ROOT = Path(__file__).resolve().parents[1]
 DVC = str(Path(sys.executable).parent / "dvc")
@@ -30,24 +30,6 @@ def sh(*cmd: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedPro
     return result
 
 
-def project_copy(tmp: Path, params: dict | None = None) -> Path:
-    """A git + DVC repository with the project's pipeline files and DVC config."""
-    repo = tmp / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, repo / name)
-    (repo / ".dvc").mkdir()
-    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
-    shutil.copytree(ROOT / "components", repo / "components", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "par", repo / "par", ignore=shutil.ignore_patterns("__pycache__"))
-    text = yaml.safe_dump(materialize(params)) if params else (ROOT / "params.yaml").read_text()
-    (repo / "params.yaml").write_text(text)
-    sh("git", "init", "-q", cwd=repo)
-    sh("git", "add", "-A", cwd=repo)
-    sh("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy", cwd=repo)
-    return repo
-
-
 def tree_digest(path: Path) -> dict[str, str]:
     return {
         str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -56,8 +38,7 @@ def tree_digest(path: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.server
-def test_s3_remote_push_wipe_pull_gives_identical_data(tmp_path):
+def test_s3_remote_push_wipe_pull_gives_identical_data(tmp_path, servers):
     import boto3
 
     repo = project_copy(tmp_path)
@@ -89,10 +70,7 @@ def test_s3_remote_push_wipe_pull_gives_identical_data(tmp_path):
     assert objects["KeyCount"] >= 4  # the files and the directory listing
 
 
-@pytest.mark.simulator
-@pytest.mark.server
-@pytest.mark.slow
-def test_smoke_pipeline_with_dvc_repro_against_mlflow_server(tmp_path):
+def test_smoke_pipeline_with_dvc_repro_against_mlflow_server(tmp_path, simulator, servers):
     """The whole pipeline (smoke profile) under `dvc repro`, tracked by a real MLflow server;
     then a change to one stage's parameter re-runs that stage and what follows only.
     All three tasks, 2 episodes each: the CI end-to-end run (the Airflow tests run

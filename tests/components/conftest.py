@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from components.collect import collect_task
-from components.params import BY_TASK, load_params
+from components.formats.params import BY_TASK, load_params
 
 TASKS = ["PushCube-v1", "PickCube-v1", "StackCube-v1"]
 
@@ -35,7 +35,7 @@ def smoke_params(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demos(tmp_path_factory, smoke_params) -> Path:
+def demos(tmp_path_factory, smoke_params, simulator) -> Path:
     """2 real motion-planning demos of each default task at 64x64 (the CI end-to-end data)."""
     root = tmp_path_factory.mktemp("demos")
     params = load_params(smoke_params)
@@ -75,11 +75,16 @@ def encoded(demos, smoke_params, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def pretrained(encoded, smoke_params, tmp_path_factory) -> Path:
-    from components.train import run
+    from components.ml.fit import FitPaths, fit
 
     tmp = tmp_path_factory.mktemp("pretrain")
     params = load_params(smoke_params)
-    run("pretrain", params, smoke_params, encoded, tmp / "pretrained", tmp / "ckpt", tmp / "m.json", tmp / "plots")
+    fit(
+        "pretrain",
+        params,
+        smoke_params,
+        FitPaths(encoded, tmp / "pretrained", tmp / "ckpt", tmp / "m.json", tmp / "plots"),
+    )
     assert (tmp / "pretrained" / "model" / "model.safetensors").is_file()
     assert (tmp / "ckpt" / "last" / "training_state.pt").is_file()
     return tmp / "pretrained"
@@ -88,9 +93,10 @@ def pretrained(encoded, smoke_params, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def policy_dir(encoded, pretrained, smoke_params, tmp_path_factory) -> Path:
     """A (barely trained) smoke policy: enough to drive the simulator end to end."""
-    from components.train import run
+    from components.ml.fit import FitPaths, fit
 
     tmp = tmp_path_factory.mktemp("policy")
     params = load_params(smoke_params)
-    run("train", params, smoke_params, encoded, tmp / "policy", tmp / "ckpt", tmp / "m.json", tmp / "plots", pretrained)
+    paths = FitPaths(encoded, tmp / "policy", tmp / "ckpt", tmp / "m.json", tmp / "plots", pretrained)
+    fit("train", params, smoke_params, paths)
     return tmp / "policy"

@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from components.encode import encode, hard_pixel_error
-from components.params import load_params
+from components.encode import encode
+from components.formats.params import load_params
+from components.ml.vae import hard_pixel_error
 from components.validate import validate
 from tests.cli import run_module
 from tests.components.conftest import TASKS
-
-pytestmark = [pytest.mark.simulator, pytest.mark.slow]
 
 
 def test_collect_writes_episodes_and_manifest(demos):
@@ -57,7 +56,7 @@ def test_collect_writes_episodes_and_manifest(demos):
 
 def test_replaying_a_demo_reproduces_its_success(demos):
     """The recorded actions, replayed from the recorded seed, succeed again (and random ones do not)."""
-    from components.maniskill import make_env, scalar
+    from components.integrations.maniskill import make_env, scalar
 
     manifest = json.loads((demos / "PushCube-v1" / "manifest.json").read_text())
     entry = manifest["episodes"][0]
@@ -112,7 +111,7 @@ def test_hard_pixel_error_is_the_mean_of_each_frames_worst_pixels():
     assert hard_pixel_error(err, 1.0).item() == pytest.approx(err.mean().item())
 
 
-def test_killed_collection_leaves_no_dataset(tmp_path, smoke_params):
+def test_killed_collection_leaves_no_dataset(tmp_path, smoke_params, simulator):
     """SIGKILL in the middle of a collection: the output folder never appears half-written."""
     out = tmp_path / "PushCube-v1"
     proc = subprocess.Popen(
@@ -166,11 +165,11 @@ def test_a_demo_depends_on_its_seed_alone(demos, smoke_params, tmp_path):
             assert np.array_equal(after[key], first[key]), key
 
 
-def test_plans_longer_than_validation_allows_are_retried_then_named(tmp_path, smoke_params):
+def test_plans_longer_than_validation_allows_are_retried_then_named(tmp_path, smoke_params, simulator):
     """A successful plan over validate.max_episode_steps counts as a failed attempt (here
     every PushCube plan is over a bound of 5): collect fails naming why, writes nothing."""
     from components.collect import collect_task
-    from components.common import ComponentError
+    from components.errors import ComponentError
 
     params = load_params(smoke_params, {"collect.demos_per_task": 1, "collect.max_attempts_per_demo": 2})
     with pytest.raises(ComponentError, match=r"only 0 of 1 demos .* failed: 2 plan too long"):
@@ -186,25 +185,25 @@ def test_task_without_planner_is_a_clear_error(tmp_path, smoke_params):
     assert not (tmp_path / "x").exists()
 
 
-def test_task_needing_asset_download_is_a_clear_error():
+def test_task_needing_asset_download_is_a_clear_error(simulator):
     """Offline, a task whose assets are absent fails with a message naming the task, not a traceback."""
-    from components.common import ComponentError
-    from components.maniskill import env_kwargs, make_env
-    from components.params import CameraParams
+    from components.errors import ComponentError
+    from components.formats.params import CameraParams
+    from components.integrations.maniskill import env_kwargs, make_env
 
     with pytest.raises(ComponentError, match="PickSingleYCB-v1 needs assets"):
         make_env("PickSingleYCB-v1", env_kwargs("pd_joint_pos", CameraParams(), "panda", "physx_cpu", 50))
 
 
-def test_camera_pose_from_params_changes_the_view():
+def test_camera_pose_from_params_changes_the_view(simulator):
     """The profile's eye/target/fov reach the simulator: the pose survives JSON (manifest,
     policy), and the frame changes."""
     import json
 
     import numpy as np
 
-    from components.maniskill import env_kwargs, frame_of, make_env
-    from components.params import CameraParams
+    from components.formats.params import CameraParams
+    from components.integrations.maniskill import env_kwargs, frame_of, make_env
 
     default, close = CameraParams(), CameraParams(eye=(0.45, 0.0, 0.6), target=(0.05, 0.0, 0.0), fov=0.9)
     frames = []
@@ -223,15 +222,15 @@ def test_camera_pose_from_params_changes_the_view():
     assert blue[1] >= 2 * blue[0] > 0, blue
 
 
-def test_hand_camera_is_tiled_beside_the_base_camera():
+def test_hand_camera_is_tiled_beside_the_base_camera(simulator):
     """camera.hand_camera renders panda_wristcam's hand camera at the same size and puts
     it right of the base view; the manifest entry names it so evaluation tiles the same."""
     import json
 
     import numpy as np
 
-    from components.maniskill import camera_names, env_kwargs, frame_of, make_env
-    from components.params import CameraParams
+    from components.formats.params import CameraParams
+    from components.integrations.maniskill import camera_names, env_kwargs, frame_of, make_env
 
     camera = CameraParams(hand_camera=True)
     assert camera_names(camera.manifest()) == ["base_camera", "hand_camera"]
@@ -251,13 +250,13 @@ def test_hand_camera_is_tiled_beside_the_base_camera():
     assert np.abs(frame[:, 64:].astype(np.float32) - base).mean() > 10.0
 
 
-def test_proprio_parts_in_the_order_params_name_them():
+def test_proprio_parts_in_the_order_params_name_them(simulator):
     """qpos, the hidden goal, and the goal relative to the gripper; zeros where a task has
     no hidden goal (PushCube), so one multi-task model reads every task."""
     import numpy as np
 
-    from components.maniskill import env_kwargs, make_env, proprio_of
-    from components.params import CameraParams
+    from components.formats.params import CameraParams
+    from components.integrations.maniskill import env_kwargs, make_env, proprio_of
 
     parts = ["qpos", "goal_pos", "tcp_to_goal"]
     for task in ("PickCube-v1", "PushCube-v1"):

@@ -12,13 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from components.evaluate import evaluate, merge, protocol_seeds
-from components.metrics import wilson_interval
-from components.params import EvaluateParams, load_params
-from components.policy import load_policy
+from components.evaluate import evaluate, evaluate_sharded, merge, protocol_seeds, shard_plan
+from components.formats.params import EvaluateParams, load_params
+from components.formats.policy import load_policy
+from components.ml.metrics import wilson_interval
 from tests.cli import run_module
-
-pytestmark = [pytest.mark.simulator, pytest.mark.slow]
 
 
 def test_closed_loop_evaluation_writes_rows_metrics_and_video(policy_dir, smoke_params, demos, tmp_path):
@@ -35,26 +33,26 @@ def test_closed_loop_evaluation_writes_rows_metrics_and_video(policy_dir, smoke_
     assert len(list((tmp_path / "eval" / "videos").glob("*.mp4"))) == 1
 
 
-def test_shards_merge_into_the_whole(policy_dir, smoke_params, tmp_path):
+def test_sharded_evaluation_gives_the_serial_results(policy_dir, smoke_params, tmp_path):
+    """``evaluate.shards`` worker processes, merged: the same episodes, outcomes and
+    videos as one process evaluating every seed."""
     params = load_params(smoke_params)
-    policy = load_policy(policy_dir)
     threads = torch.get_num_threads()
     try:  # a shard worker beside others takes its share of the cores
         one_thread = params.evaluate.model_copy(update={"threads": 1})
-        a = evaluate(
-            policy, "PushCube-v1", one_thread, tmp_path / "a", seed_start=1_000_000, episodes=1, progress=False
-        )
+        serial = evaluate(load_policy(policy_dir), "PushCube-v1", one_thread, tmp_path / "serial", progress=False)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
-    b = evaluate(
-        policy, "PushCube-v1", params.evaluate, tmp_path / "b", seed_start=1_000_001, episodes=1, progress=False
-    )
-    merged = merge([tmp_path / "b", tmp_path / "a"], tmp_path / "all")
-    assert merged["episodes"] == 2 and merged["seeds"] == [1_000_000, 1_000_001]
-    assert merged["success_once"] == (a["success_once"] + b["success_once"]) / 2
+    sharded_params = params.evaluate.model_copy(update={"shards": 2})
+    sharded = evaluate_sharded(str(policy_dir), "PushCube-v1", sharded_params, tmp_path / "sharded", None, False)
+    assert sharded["episodes"] == serial["episodes"] == 2 and sharded["seeds"] == [1_000_000, 1_000_001]
+    keep = ("seed", "policy_seed", "success_once", "success_at_end", "steps", "failure", "reached")
+    rows = [json.loads((tmp_path / f / "episodes.json").read_text()) for f in ("serial", "sharded")]
+    assert [{k: r[k] for k in keep} for r in rows[0]] == [{k: r[k] for k in keep} for r in rows[1]]
+    assert len(list((tmp_path / "sharded" / "videos").glob("*.mp4"))) == params.evaluate.videos == 1
     with pytest.raises(Exception, match="overlap"):
-        merge([tmp_path / "a", tmp_path / "a"], tmp_path / "dup")
+        merge([tmp_path / "serial", tmp_path / "serial"], tmp_path / "dup")
 
 
 def test_a_policy_that_emits_nan_fails_its_episodes_without_crashing(policy_dir, smoke_params, tmp_path):
@@ -134,6 +132,17 @@ def test_protocol_seeds():
         protocol_seeds(paper, 5, 1)
 
 
+@pytest.mark.parametrize("protocol, episodes, shards", [("paper", 5, 2), ("paper", 125, 8), ("rdt", 125, 3)])
+def test_shards_cover_every_episode_once(protocol, episodes, shards):
+    params = EvaluateParams(protocol=protocol, episodes=episodes, shards=shards)
+    plan = shard_plan(params)
+    covered = [s for first, n in plan for s, _ in protocol_seeds(params, first, n)]
+    assert covered == [s for s, _ in protocol_seeds(params, None, None)]
+    assert len(plan) <= shards and all(n > 0 for _, n in plan)
+    if (protocol, episodes, shards) == ("paper", 5, 2):
+        assert plan == [(1_000_000, 3), (1_000_003, 2)]
+
+
 def test_wilson_interval_known_values():
     low, high = wilson_interval(125, 125)
     assert high == 1.0 and abs(low - 0.9702) < 1e-3
@@ -143,7 +152,8 @@ def test_wilson_interval_known_values():
 
 
 def test_score_video_prediction_per_horizon(policy_dir, encoded, demos, tmp_path):
-    from components.score import save_metric_plot, score
+    from components.formats.plots import save_score_plot
+    from components.score import score
 
     metrics = score(load_policy(policy_dir), encoded, demos, ["PushCube-v1", "StackCube-v1"], tmp_path / "s", 3, 1)
     push = metrics["per_task"]["PushCube-v1"]
@@ -151,15 +161,17 @@ def test_score_video_prediction_per_horizon(policy_dir, encoded, demos, tmp_path
     assert all(0 < v < 100 for v in push["psnr_per_step"]) and len(push["action_mae_per_step"]) == 3
     assert "psnr" in metrics and "action_mae" in metrics
     assert len(list((tmp_path / "s" / "videos").glob("*.mp4"))) == 2
-    save_metric_plot(metrics, tmp_path / "plot.png")
+    save_score_plot(metrics["per_task"], tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+    rows = (tmp_path / "plot.csv").read_text().splitlines()  # the DVC plot's data: a row a task and horizon
+    assert rows[0] == "task,horizon,psnr,ssim,action_mae" and len(rows) == 1 + 2 * 3
 
 
-def test_unrendered_steps_reach_the_same_state_as_env_step():
+def test_unrendered_steps_reach_the_same_state_as_env_step(simulator):
     """Evaluation renders only the frame after each chunk: the state, the info and the
     frame it then sees must be those of stepping with ``env.step`` throughout."""
-    from components.maniskill import env_kwargs, frame_of, make_env, proprio_of, step_unobserved
-    from components.params import CameraParams
+    from components.formats.params import CameraParams
+    from components.integrations.maniskill import env_kwargs, frame_of, make_env, proprio_of, step_unobserved
 
     kwargs = env_kwargs("pd_joint_pos", CameraParams(width=64, height=64), "panda", "physx_cpu", 50)
     envs = [make_env("PushCube-v1", kwargs) for _ in range(2)]
@@ -184,12 +196,12 @@ def test_unrendered_steps_reach_the_same_state_as_env_step():
             env.close()
 
 
-def test_progress_flags_say_where_an_episode_stopped():
+def test_progress_flags_say_where_an_episode_stopped(simulator):
     """The task's boolean info flags (not success, not counters) become per-episode
     'reached' flags and their rates in the metrics."""
     from components.evaluate import summarize
-    from components.maniskill import env_kwargs, make_env, progress_flags
-    from components.params import CameraParams
+    from components.formats.params import CameraParams
+    from components.integrations.maniskill import env_kwargs, make_env, progress_flags
 
     env = make_env("PickCube-v1", env_kwargs("pd_joint_pos", CameraParams(), "panda", "physx_cpu", 50))
     try:

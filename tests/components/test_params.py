@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from components.params import ParamsError, load_params
+from components.formats.params import ParamsError, load_params
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,9 +108,9 @@ def test_profiles_build_their_model_as_train_does_and_take_a_training_step(path)
     and gradients for a batch of two."""
     import torch
 
-    from components.encode import build_vae
-    from components.maniskill import GOAL_DIM
-    from components.train import build_model
+    from components.integrations.maniskill import GOAL_DIM
+    from components.ml.models import build_model
+    from components.ml.vae import build_vae
     from par.model import PAR
     from tests.par.helpers import random_batch
 

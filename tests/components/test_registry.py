@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from components.registry import Registry, resolve_policy
+from components.integrations.registry import Registry, resolve_policy
 from tests.cli import Completed, run_module
 from tests.components.conftest import write_params
-from tests.servers import mlflow_server
-
-pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.simulator]
+from tests.harness.browser import ARTIFACTS, screenshot
+from tests.harness.servers import mlflow_server
 
 
 @pytest.fixture(scope="module")
-def tracking(tmp_path_factory):
+def tracking(tmp_path_factory, servers):
     with pytest.MonkeyPatch.context() as mp, mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as uri:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         yield uri
@@ -105,6 +104,10 @@ def test_gate_promote_rollback_cycle(tracking, policy_dir, tmp_path):
     # 6. The champion resolves from the registry as a policy.
     policy = resolve_policy("models:/par-test@champion")
     assert policy.tasks == tasks
+
+    # 7. What a person sees in the MLflow UI: the versions with their aliases.
+    shot = screenshot(f"{tracking}/#/models/par-test", ARTIFACTS / "mlflow-model-page.png", wait_text="champion")
+    assert shot.stat().st_size > 10_000
 
 
 def test_nightly_regression_check(tracking, policy_dir, tmp_path):

@@ -9,17 +9,14 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
-from components.params import load_params
-from components.policy import load_policy
-from components.train import run
+from components.formats.params import load_params
+from components.formats.policy import load_policy
+from components.ml.fit import FitPaths, fit
 from tests.cli import run_module
 from tests.components.conftest import write_params
-
-pytestmark = [pytest.mark.simulator, pytest.mark.slow]
 
 
 def _train_cmd(params, encoded, pretrained, tmp, name):
@@ -47,20 +44,16 @@ def _train_cmd(params, encoded, pretrained, tmp, name):
 
 def test_train_writes_a_loadable_policy(encoded, pretrained, smoke_params, tmp_path):
     params = load_params(smoke_params)
-    metrics = run(
-        "train",
-        params,
-        smoke_params,
-        encoded,
-        tmp_path / "policy",
-        tmp_path / "ckpt",
-        tmp_path / "m.json",
-        tmp_path / "plots",
-        pretrained,
+    paths = FitPaths(
+        encoded, tmp_path / "policy", tmp_path / "ckpt", tmp_path / "m.json", tmp_path / "plots", pretrained
     )
+    metrics = fit("train", params, smoke_params, paths)
     policy = load_policy(tmp_path / "policy")
     assert policy.tasks == params.tasks and policy.model.config.proprio_dim == 12  # 9 joints + the goal slot
     assert (tmp_path / "plots" / "train_loss.png").is_file()
+    curve = (tmp_path / "plots" / "train_loss.csv").read_text().splitlines()  # the DVC plot's data
+    assert curve[0] == "step,loss,frame_loss,action_loss" and len(curve) == 1 + 3  # logged every 2 of 6 steps
+    assert sorted(p.name for p in (tmp_path / "ckpt" / "frames").iterdir()) == ["step000003.png", "step000006.png"]
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name[0].isdigit()) == ["000003", "000006"]
     assert os.readlink(tmp_path / "ckpt" / "last") == "000006"
     import mlflow
@@ -105,13 +98,21 @@ def test_killed_training_resumes_to_the_same_weights(encoded, pretrained, tmp_pa
 def test_behaviour_cloning_baseline_trains(encoded, tmp_path):
     params_path = write_params(tmp_path / "params.yaml", model={"kind": "bc"})
     params = load_params(params_path)
-    skipped = run(
-        "pretrain", params, params_path, encoded, tmp_path / "pre", tmp_path / "pc", tmp_path / "p.json", tmp_path
+    skipped = fit(
+        "pretrain",
+        params,
+        params_path,
+        FitPaths(encoded, tmp_path / "pre", tmp_path / "pc", tmp_path / "p.json", tmp_path),
     )
     assert skipped == {"skipped": True} and (tmp_path / "pre" / "SKIPPED.json").is_file()
     # dvc.yaml's pretrain stage declares its checkpoint folder: `dvc repro` fails if it is missing
     assert (tmp_path / "pc" / "SKIPPED.json").is_file()
-    run("train", params, params_path, encoded, tmp_path / "policy", tmp_path / "ckpt", tmp_path / "m.json", tmp_path)
+    fit(
+        "train",
+        params,
+        params_path,
+        FitPaths(encoded, tmp_path / "policy", tmp_path / "ckpt", tmp_path / "m.json", tmp_path),
+    )
     policy = load_policy(tmp_path / "policy")
     assert type(policy.model).__name__ == "BCPolicy"
 

@@ -12,8 +12,6 @@ import pytest
 
 from tests.cli import Completed, run_module
 
-pytestmark = [pytest.mark.simulator, pytest.mark.slow]
-
 
 def _rewrite(dataset: Path, episode: int, **changes) -> None:
     path = dataset / "episodes" / f"episode_{episode:05d}.npz"

@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
-from components.orchestration_bench import (
+from components.orchestration.runs import run_folder
+from tests.harness.airflow import (
     AIRFLOW,
     AirflowStack,
     DagRunFailedError,
@@ -35,30 +36,19 @@ from components.orchestration_bench import (
     dags_test,
     dags_test_state,
     db_migrate,
-    spawn,
-    stop_tree,
 )
-from tests.servers import mlflow_server, moto_server, postgres_server
+from tests.harness.browser import ARTIFACTS, browser_page
+from tests.harness.processes import spawn, stop_tree
+from tests.harness.servers import mlflow_server, moto_server, postgres_server
 
 ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "tests" / "artifacts"
 BUCKET = "par-mlflow"
 MODEL = "par-policy"
 PROFILE = "ci-airflow"
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 # A pipeline run is minutes on 2 cores (far more when they are shared).
-pytestmark = [pytest.mark.server, pytest.mark.simulator, pytest.mark.slow, pytest.mark.timeout(3600)]
+pytestmark = pytest.mark.timeout(3600)
 
 
 def s3_client(endpoint: str) -> Any:
@@ -74,7 +64,7 @@ def s3_client(endpoint: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def s3(tmp_path_factory: pytest.TempPathFactory, servers: Any) -> Iterator[str]:
     """moto's S3 server with the artifact bucket; yields its endpoint."""
     with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
         s3_client(endpoint).create_bucket(Bucket=BUCKET)
@@ -154,7 +144,7 @@ class TrainingRun:
 
 @pytest.fixture(scope="module")
 def training_run(
-    request: pytest.FixtureRequest, tracking: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tracking: dict[str, str], tmp_path_factory: pytest.TempPathFactory, simulator: None
 ) -> Iterator[TrainingRun | None]:
     """Starts the training run at once when a selected test needs its model (else None)."""
     if not any("trained" in item.fixturenames for item in request.session.items):
@@ -178,20 +168,13 @@ def trained(training_run: TrainingRun) -> dict[str, Any]:
 @contextlib.contextmanager
 def logged_in_page(url: str, user: str, password: str) -> Iterator[Any]:
     """A headless Chromium page logged in to the Airflow UI (Debian's chromium)."""
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{url}/dags/par_training")
-            page.get_by_label("Username").fill(user)
-            page.get_by_label("Password").fill(password)
-            page.get_by_role("button", name="Sign in").click()
-            page.wait_for_url(lambda u: "/auth/login" not in u, timeout=60_000)
-            yield page
-        finally:
-            browser.close()
+    with browser_page() as page:
+        page.goto(f"{url}/dags/par_training")
+        page.get_by_label("Username").fill(user)
+        page.get_by_label("Password").fill(password)
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url(lambda u: "/auth/login" not in u, timeout=60_000)
+        yield page
 
 
 def ui_trigger(url: str, user: str, password: str, shots: Path) -> str:
@@ -250,7 +233,9 @@ def test_live_airflow_runs_triggered_from_rest_and_ui_concurrently(s3, training_
         if set(states.values()) != {"success"}:
             pytest.fail(f"runs {states}; logs under {home / 'logs'}")
         ui_screenshot_run(stack.url, stack.user, stack.password, ui_run, ARTIFACTS)
-        folders = {r: Path(stack.xcom("par_training", r, "plan", "run_folder")) for r in (rest_run, ui_run)}
+        assert stack.xcom("par_training", rest_run, "prepare") == ["PushCube-v1"]  # the tasks mapped over
+        monkeypatch.setenv("PAR_RUNS_ROOT", stack.env["PAR_RUNS_ROOT"])
+        folders = {r: Path(run_folder(r)) for r in (rest_run, ui_run)}
         runs = {r: stack.run("par_training", r) for r in (rest_run, ui_run)}
         versions = {v.version for v in client.search_model_versions(f"name = '{MODEL}'")}
 

@@ -1,5 +1,5 @@
-"""The run plan the DAGs execute: run-scoped params from a profile and the trigger form,
-seed shards, and the nightly evaluation's params (no Airflow run needed)."""
+"""A DAG run's folder and params: run-scoped params from a profile and the trigger form,
+and the nightly evaluation's params (no Airflow run needed)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.orchestration import build_plan, nightly_plan, run_params
+from components.orchestration.runs import (
+    FORM_FIELDS,
+    prepare_nightly_run,
+    prepare_training_run,
+    run_folder,
+    run_params,
+)
 
 
 @pytest.fixture(autouse=True)
 def _runs_root(tmp_path, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_HOME", str(tmp_path / "airflow"))
-    monkeypatch.setenv("AIRFLOW_VAR_PAR_RUNS_ROOT", str(tmp_path / "runs"))
+    monkeypatch.setenv("PAR_RUNS_ROOT", str(tmp_path / "runs"))
 
 
 def test_form_fields_at_their_defaults_keep_the_profiles_values():
@@ -26,19 +31,19 @@ def test_form_fields_at_their_defaults_keep_the_profiles_values():
 
 
 def test_tasks_chosen_in_the_form_keep_only_their_own_per_task_entries(tmp_path, monkeypatch):
-    import components.orchestration as orchestration
-    from components.params import ParamsError, materialize
+    import components.orchestration.runs as runs
+    from components.formats.params import ParamsError, materialize
 
     repo = tmp_path / "repo"
     (repo / "profiles").mkdir(parents=True)
-    (repo / "params.yaml").write_text((orchestration.REPO / "params.yaml").read_text())
+    (repo / "params.yaml").write_text((runs.REPO / "params.yaml").read_text())
     view = {"eye": [0.3, 0, 0.4], "target": [0, 0, 0]}
     profile = {
         "tasks": ["PushCube-v1", "StackCube-v1"],
         "collect": {"demos_by_task": {"StackCube-v1": 600}, "camera_by_task": {"StackCube-v1": view}},
     }
     (repo / "profiles" / "big.yaml").write_text(yaml.safe_dump(profile))
-    monkeypatch.setattr(orchestration, "REPO", repo)
+    monkeypatch.setattr(runs, "REPO", repo)
     assert run_params({"profile": "big"})["collect"]["demos_by_task"] == {"StackCube-v1": 600}
     data = run_params({"profile": "big", "tasks": ["PickCube-v1"]})
     assert data["tasks"] == ["PickCube-v1"]
@@ -57,31 +62,34 @@ def test_unknown_profile_is_an_error_naming_the_known_ones():
         run_params({"profile": "nope"})
 
 
-def test_plan_writes_a_validated_params_file_in_the_runs_own_folder(tmp_path):
-    a = build_plan("local", "python", {"profile": "ci-airflow"}, "manual__2026-01-01T00:00:00+00:00")
-    b = build_plan("local", "python", {"profile": "ci-airflow", "train_steps": 4}, "manual__2026-01-01T00:00:01+00:00")
-    assert a["run_folder"] != b["run_folder"] and a["run_folder"].startswith(str(tmp_path / "runs"))
-    assert yaml.safe_load(Path(b["run_folder"], "params.yaml").read_text())["train"]["steps"] == 4
-    assert all(a["run_folder"] in command for command in [*a["collect"], *a["evaluate"], a["gate"]])
+def test_prepare_writes_a_validated_params_file_in_the_runs_own_folder(tmp_path):
+    a_id, b_id = "manual__2026-01-01T00:00:00+00:00", "manual__2026-01-01T00:00:01+00:00"
+    assert prepare_training_run({"profile": "ci-airflow"}, a_id) == ["PushCube-v1"]
+    prepare_training_run({"profile": "ci-airflow", "train_steps": 4}, b_id)
+    a, b = Path(run_folder(a_id)), Path(run_folder(b_id))
+    assert a != b and a.parent == b.parent == tmp_path / "runs"
+    assert yaml.safe_load((b / "params.yaml").read_text())["train"]["steps"] == 4
+    assert yaml.safe_load((a / "params.yaml").read_text())["train"]["steps"] == 3  # the profile's
 
 
-def test_single_shard_evaluation_writes_the_result_and_skips_merge():
-    plan = build_plan("local", "python", {"profile": "smoke"}, "one-shard")
-    assert plan["merge"] == [] and len(plan["evaluate"]) == 3
-    assert all("--metrics" in command and "/data/eval/" in command for command in plan["evaluate"])
+def test_a_bad_form_value_fails_the_first_step_by_name():
+    from components.formats.params import ParamsError
+
+    with pytest.raises(ParamsError, match=r"model\.size"):
+        prepare_training_run({"model_size": "huge"}, "bad")
 
 
-def test_shards_cover_every_episode_once():
-    plan = build_plan("local", "python", {"profile": "ci-airflow", "eval_shards": 2, "episodes": 5}, "sharded")
-    episodes = [int(c.split("--episodes ")[1].split()[0]) for c in plan["evaluate"]]
-    seeds = [int(c.split("--seed-start ")[1].split()[0]) for c in plan["evaluate"]]
-    assert episodes == [3, 2] and seeds == [1_000_000, 1_000_003]
-    assert len(plan["merge"]) == 1 and "eval_shards/PushCube-v1/1" in plan["merge"][0]
+def test_every_form_field_sets_a_params_key_and_says_what_it_does():
+    from components.formats.params import Params
+
+    for name, field in FORM_FIELDS.items():
+        section = Params.model_fields[field.path[0] if field.path[0] != "validate" else "validate_"]
+        assert section is not None, name
+        assert len(field.description) > 30, name
 
 
-def test_nightly_plan_evaluates_the_champion_on_the_profiles_seeds():
-    plan = nightly_plan("local", "python", "scheduled__x", "https://hooks.example/alert", {"profile": "ci-airflow"})
-    params = yaml.safe_load(Path(plan["run_folder"], "params.yaml").read_text())
+def test_nightly_run_evaluates_the_champion_on_the_profiles_seeds():
+    items = prepare_nightly_run({"profile": "ci-airflow"}, "scheduled__x")
+    params = yaml.safe_load((Path(run_folder("nightly-scheduled__x")) / "params.yaml").read_text())
     assert params["tasks"] == ["PushCube-v1"] and params["evaluate"]["episodes"] == 2
-    assert len(plan["evaluate"]) == 1 and "models:/par-policy@champion" in plan["evaluate"][0]
-    assert "--webhook-url https://hooks.example/alert" in plan["check"]
+    assert items == [{"task": "PushCube-v1", "model_uri": "models:/par-policy@champion"}]

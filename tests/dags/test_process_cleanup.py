@@ -14,7 +14,8 @@ from typing import Any
 
 import psutil
 
-from components.orchestration_bench import airflow_env, airflow_pss_kib, run_group, spawn, stop_tree
+from tests.harness.airflow import airflow_env
+from tests.harness.processes import airflow_pss_kib, run_group, spawn, stop_tree
 
 # A parent that starts a child in a new session (its own process group), then waits.
 TREE = "setsid sleep 300 & echo $! > {pidfile}; sleep 300"
@@ -61,7 +62,7 @@ def test_airflow_env_is_private(tmp_path, monkeypatch):
     env = airflow_env(tmp_path / "home", tmp_path / "runs", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"})
     assert env["AIRFLOW_HOME"] == str(tmp_path / "home") and env["AIRFLOW__CORE__PARALLELISM"] == "2"
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith(f"sqlite:///{tmp_path}")
-    assert env["AIRFLOW_VAR_PAR_RUNNER"] == "local" and env["AIRFLOW_VAR_PAR_RUNS_ROOT"] == str(tmp_path / "runs")
+    assert env["PAR_RUNNER"] == "local" and env["PAR_RUNS_ROOT"] == str(tmp_path / "runs")
 
 
 def test_airflow_memory_leaves_component_processes_out(tmp_path):
@@ -87,12 +88,12 @@ def test_run_group_stops_orphans_that_left_the_tree(tmp_path):
     assert code == 0 and gone(wait_for(pidfile))
 
 
-def test_postgres_server_leaves_no_process_or_folder_even_when_its_user_fails():
+def test_postgres_server_leaves_no_process_or_folder_even_when_its_user_fails(servers):
     """The live Airflow test's metadata DB: a real Postgres, stopped by process group and
     its cluster folder removed, also when the code using it raises."""
     import psycopg2
 
-    from tests.servers import postgres_server
+    from tests.harness.servers import postgres_server
 
     class PlannedError(Exception):
         pass

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import stop
+from tests.harness.servers import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/par-components:cpu"
@@ -105,7 +105,9 @@ def smoke_params(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def container_dataset(image: str, smoke_params: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def container_dataset(
+    image: str, smoke_params: Path, tmp_path_factory: pytest.TempPathFactory, simulator: None
+) -> Path:
     """One PushCube-v1 demo collected inside the container (no network, the image's own
     Vulkan driver, its non-root user) into a bind-mounted host folder."""
     work = tmp_path_factory.mktemp("container-collect")
@@ -125,7 +127,7 @@ def container_dataset(image: str, smoke_params: Path, tmp_path_factory: pytest.T
 
 
 @pytest.fixture(scope="session")
-def podman_socket(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def podman_socket(tmp_path_factory: pytest.TempPathFactory, servers: object) -> Iterator[str]:
     """``podman system service`` on a private socket (the Docker engine API), in its own
     process group, stopped at the end; yields the socket's URL."""
     if shutil.which("podman") is None:

@@ -64,9 +64,9 @@ def test_runs_root_is_a_host_folder_at_the_same_path(config):
     for name, service in config["services"].items():
         if not name.startswith("airflow-"):
             continue
-        runs = service["environment"]["AIRFLOW_VAR_PAR_RUNS_ROOT"]
+        runs = service["environment"]["PAR_RUNS_ROOT"]
         assert f"{runs}:{runs}:rw" in service["volumes"], name
-        assert service["environment"]["AIRFLOW_VAR_PAR_RUNNER"] == "docker"
+        assert service["environment"]["PAR_RUNNER"] == "docker"
     assert "par-runs" not in config.get("volumes", {})
 
 

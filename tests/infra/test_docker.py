@@ -38,7 +38,6 @@ def test_dockerfile_keeps_the_production_base_and_a_python_m_entrypoint():
     assert re.search(r"^USER 1000", text, re.MULTILINE)
 
 
-@pytest.mark.slow
 def test_image_runs_as_non_root_with_python_m_entrypoint(image):
     config = json.loads(podman("image", "inspect", image).stdout)[0]["Config"]
     assert config["Entrypoint"] == ["python", "-m"]
@@ -65,7 +64,6 @@ for module in sys.argv[1:]:
 """
 
 
-@pytest.mark.slow
 def test_every_component_help_runs_in_the_image(image):
     modules = [f"components.{m}" for m in cli_modules()]
     assert len(modules) >= 10, modules  # collect ... gate, promote, regression
@@ -76,8 +74,6 @@ def test_every_component_help_runs_in_the_image(image):
     assert answers == {m: "0 True" for m in modules}, result.stdout[-3000:]
 
 
-@pytest.mark.slow
-@pytest.mark.simulator
 def test_collect_runs_in_the_container_and_writes_to_the_host(container_dataset):
     manifest = json.loads((container_dataset / "manifest.json").read_text())
     assert manifest["task"] == TASK

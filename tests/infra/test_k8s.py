@@ -33,9 +33,9 @@ def test_helm_values_mount_the_runs_claim_at_the_runs_root():
     (values,) = documents("airflow-values.yaml")
     (claim,) = documents("runs-pvc.yaml")
     env = {e["name"]: e["value"] for e in values["env"]}
-    assert env["AIRFLOW_VAR_PAR_RUNNER"] == "kubernetes"
+    assert env["PAR_RUNNER"] == "kubernetes"
     (mount,) = values["volumeMounts"]
     (volume,) = values["volumes"]
-    assert mount["mountPath"] == env["AIRFLOW_VAR_PAR_RUNS_ROOT"] and mount["name"] == volume["name"]
+    assert mount["mountPath"] == env["PAR_RUNS_ROOT"] and mount["name"] == volume["name"]
     assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"] == "par-runs"
     assert "ReadWriteMany" in claim["spec"]["accessModes"]

@@ -1,4 +1,4 @@
-"""The quick demo learns, and the benchmark prints the figures the README quotes."""
+"""The quick demo learns, and the benchmark prints the figures docs/performance.md quotes."""
 
 from __future__ import annotations
 

@@ -1,61 +1,18 @@
-"""Helpers every component shares: atomic outputs, CLI error handling, logging, and
-the environment ManiSkill needs on a CPU-only machine."""
+"""Writing outputs so that a killed step never leaves half a result, and reading JSON
+inputs with errors that name the file."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
-import sys
 import tempfile
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("components")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class ComponentError(Exception):
-    """A problem with a component's input; the message names the input and the problem."""
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
-def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> int:
-    """Run a component's main; known input errors become one line and exit code 2."""
-    from components.params import ParamsError
-
-    setup_logging()
-    try:
-        main(argv)
-    except (ComponentError, ParamsError, FileNotFoundError) as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def use_software_vulkan() -> None:
-    """Point Vulkan at the project's lavapipe driver unless the caller chose one."""
-    icd = ROOT / ".vulkan" / "lvp_icd.json"
-    if "VK_ICD_FILENAMES" not in os.environ and icd.is_file():
-        os.environ["VK_ICD_FILENAMES"] = str(icd)
-    os.environ.setdefault("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
-    # SAPIEN falls back to its bundled Vulkan loader, and ManiSkill to CPU rendering,
-    # as intended on this machine: keep those two notices out of the logs.
-    warnings.filterwarnings("ignore", message="Failed to find system libvulkan")
-    logging.getLogger("mani_skill").setLevel(logging.ERROR)
+from components.errors import ComponentError
 
 
 @contextlib.contextmanager
@@ -96,6 +53,7 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def read_json(path: str | Path, what: str) -> Any:
+    """The JSON in ``path``; a missing or malformed file is a ComponentError naming it as ``what``."""
     path = Path(path)
     if not path.is_file():
         raise ComponentError(f"{what} {path} does not exist")

@@ -8,14 +8,32 @@ same control mode, same robot, same simulation backend.
 from __future__ import annotations
 
 import logging
+import os
 import urllib.error
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from components.common import ComponentError, use_software_vulkan
-from components.params import DEFAULT_PROPRIO, CameraParams
+from components.errors import ComponentError
+from components.formats.params import DEFAULT_PROPRIO, CameraParams
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def use_software_vulkan() -> None:
+    """Point Vulkan at the project's lavapipe driver (``make setup`` unpacks it into
+    ``.vulkan/``) unless the caller chose one."""
+    icd = REPO / ".vulkan" / "lvp_icd.json"
+    if "VK_ICD_FILENAMES" not in os.environ and icd.is_file():
+        os.environ["VK_ICD_FILENAMES"] = str(icd)
+    os.environ.setdefault("MS_SKIP_ASSET_DOWNLOAD_PROMPT", "1")
+    # SAPIEN falls back to its bundled Vulkan loader, and ManiSkill to CPU rendering,
+    # as intended on a machine without a GPU: keep those two notices out of the logs.
+    warnings.filterwarnings("ignore", message="Failed to find system libvulkan")
+    logging.getLogger("mani_skill").setLevel(logging.ERROR)
 
 
 def env_kwargs(
@@ -75,8 +93,6 @@ def make_env(task: str, kwargs: dict[str, Any]):
     use_software_vulkan()
     import gymnasium as gym
     import mani_skill.envs  # noqa: F401 - registers the environments
-
-    logging.getLogger("mani_skill").setLevel(logging.ERROR)  # "no CUDA, rendering on CPU" is expected
 
     if task not in gym.registry:
         raise ComponentError(f"unknown ManiSkill task {task!r}")

@@ -1,7 +1,9 @@
 """Real servers on loopback for the tests, each in its own process group.
 
 Every server is stopped by its process group (TERM, then KILL), also when the test
-that started it fails.
+that started it fails. A test starts one only through the ``servers`` fixture
+(tests/conftest.py), which marks it ``server``: anywhere else :func:`allowed` says no,
+so that no test starts a server unmarked.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,13 +22,16 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.harness.processes import free_port
+
 BIN = Path(sys.executable).parent
+ALLOWED = False  # set per test by tests/conftest.py: True for tests marked `server`
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def allowed(what: str) -> None:
+    """Refuse to start ``what`` in a test that did not ask for the ``servers`` fixture."""
+    if not ALLOWED:
+        raise RuntimeError(f"this test starts {what} without the `servers` fixture: request it, so it is marked server")
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
@@ -57,6 +61,7 @@ def stop(proc: subprocess.Popen, grace: float = 10, sig: int = signal.SIGTERM) -
 
 @contextlib.contextmanager
 def server(cmd: list[str], health: str, log: Path, env: dict | None = None, timeout: float = 60) -> Iterator[None]:
+    allowed(Path(cmd[0]).name)
     with log.open("w") as out:
         proc = subprocess.Popen(
             cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})}
@@ -125,6 +130,7 @@ def postgres_server(database: str = "airflow", user: str = "par", timeout: float
     root: under root the cluster is owned by, and the server runs as, the ``postgres``
     system user, in a folder of its own under the temp dir (pytest's tmp_path is
     private to root). The folder is removed after the server stops (fast shutdown)."""
+    allowed("postgres")
     bindir = postgres_bindir()
     owner: pwd.struct_passwd | None = None
     if os.geteuid() == 0:

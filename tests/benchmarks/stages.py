@@ -1,6 +1,6 @@
 """Benchmarks of the data path and the stages; prints one JSON object.
 
-    python -m components.bench --task PushCube-v1 --demos 20
+    python -m tests.benchmarks.stages --task PushCube-v1 --demos 10
 
 * collection: demos per minute of ``components.collect`` (one worker), and the ratio
   of its wall time to ManiSkill's own tools producing the same demos (seeds from 0):
@@ -8,9 +8,9 @@
   ``mani_skill.trajectory.replay_trajectory`` to the same 64x64 camera (their
   documented route to camera frames);
 * encoding: frames per second through the VAE encoder;
-* every stage's wall time and peak resident memory (``/usr/bin/time``), running the
-  stages one after another (never overlapping) on the collected demos with a short
-  configuration.
+* every stage's wall time and peak resident memory (``/usr/bin/time``), running each
+  stage's command line from ``dvc.yaml`` one after another (never overlapping) in a
+  scratch folder, with a short configuration.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -99,9 +100,9 @@ def encode_fps(demos_dir: Path, frames_limit: int = 2000) -> float:
     import numpy as np
     import torch
 
-    from components.dataset import iter_demos
-    from components.encode import build_vae, encode_frames
-    from components.params import VAEParams
+    from components.formats.dataset import iter_demos
+    from components.formats.params import VAEParams
+    from components.ml.vae import build_vae, encode_frames
 
     frames = np.concatenate([d.frames for d in iter_demos(demos_dir)])[:frames_limit]
     vae = build_vae(VAEParams(), frames.shape[1]).eval()
@@ -112,151 +113,53 @@ def encode_fps(demos_dir: Path, frames_limit: int = 2000) -> float:
     return round(len(frames) / (time.perf_counter() - start), 1)
 
 
+SHORT = {
+    "encode": {"holdout_episodes": 1, "vae": {"steps": 100}},
+    "model": {"size": "tiny"},
+    "pretrain": {"steps": 50, "checkpoint_every": 50},
+    "train": {"steps": 100, "checkpoint_every": 100},
+    "evaluate": {"episodes": 5, "videos": 0},
+    "score": {"horizon": 4, "videos": 0},
+}
+
+
+def stage_argv(command: str) -> list[str]:
+    """A dvc.yaml command line, run by this interpreter."""
+    argv = shlex.split(command)
+    return [PY, *argv[1:]] if argv[0] == "python" else argv
+
+
+def time_stages(task: str, work: Path) -> dict[str, dict[str, float]]:
+    """Every stage of dvc.yaml, one after another, in ``work`` (which holds params.yaml)."""
+    from components.orchestration.stages import load_stages
+
+    return {
+        name: timed(stage_argv(stage.command(task) if stage.per_task else stage.command()), work)
+        for name, stage in load_stages().items()
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="PushCube-v1")
-    parser.add_argument("--demos", type=int, default=20)
+    parser.add_argument("--demos", type=int, default=10)
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="par-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    params = {
-        "tasks": [args.task],
-        "collect": {"demos_per_task": args.demos, "workers": 1},
-        "encode": {"holdout_episodes": 1, "vae": {"steps": 100}},
-        "model": {"size": "tiny"},
-        "pretrain": {"steps": 50, "checkpoint_every": 50},
-        "train": {"steps": 100, "checkpoint_every": 100},
-        "evaluate": {"episodes": 5, "videos": 0},
-        "score": {"horizon": 4, "videos": 0},
-    }
+    params = {"tasks": [args.task], "collect": {"demos_per_task": args.demos, "workers": 1}, **SHORT}
     (work / "params.yaml").write_text(yaml.safe_dump(params))
-    env_note = {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "PAR_PIPELINE_KEY": "bench"}
-    os.environ.update(env_note)
-    m = [PY, "-m"]
-    stages: dict[str, dict[str, float]] = {}
-    stages["collect"] = timed(
-        [
-            *m,
-            "components.collect",
-            "--params",
-            "params.yaml",
-            "--task",
-            args.task,
-            "--out",
-            f"demos/{args.task}",
-            "--no-progress",
-        ],
-        work,
-    )
+    os.environ.update({"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "PAR_PIPELINE_KEY": "bench"})
+    stages = time_stages(args.task, work)
     ours = stages["collect"]["seconds"]
     theirs = maniskill_route(args.task, args.demos, work / "maniskill")
-    stages["validate"] = timed(
-        [
-            *m,
-            "components.validate",
-            "--params",
-            "params.yaml",
-            "--dataset",
-            f"demos/{args.task}",
-            "--out",
-            f"validation/{args.task}",
-        ],
-        work,
-    )
-    stages["encode"] = timed(
-        [
-            *m,
-            "components.encode",
-            "--params",
-            "params.yaml",
-            "--demos-root",
-            "demos",
-            "--out",
-            "encoded",
-            "--metrics",
-            "m/encode.json",
-            "--plot",
-            "p/encode.png",
-            "--no-progress",
-        ],
-        work,
-    )
-    common = ["--params", "params.yaml", "--encoded", "encoded", "--no-progress", "--plots", "p"]
-    stages["pretrain"] = timed(
-        [
-            *m,
-            "components.pretrain",
-            *common,
-            "--out",
-            "pretrained",
-            "--checkpoints",
-            "ck/pre",
-            "--metrics",
-            "m/pre.json",
-        ],
-        work,
-    )
-    stages["train"] = timed(
-        [
-            *m,
-            "components.train",
-            *common,
-            "--pretrained",
-            "pretrained",
-            "--out",
-            "policy",
-            "--checkpoints",
-            "ck/train",
-            "--metrics",
-            "m/train.json",
-        ],
-        work,
-    )
-    stages["evaluate"] = timed(
-        [
-            *m,
-            "components.evaluate",
-            "--params",
-            "params.yaml",
-            "--model-uri",
-            "policy",
-            "--task",
-            args.task,
-            "--out",
-            f"eval/{args.task}",
-            "--no-progress",
-        ],
-        work,
-    )
-    stages["score"] = timed(
-        [
-            *m,
-            "components.score",
-            "--params",
-            "params.yaml",
-            "--model-uri",
-            "policy",
-            "--encoded",
-            "encoded",
-            "--demos-root",
-            "demos",
-            "--out",
-            "score",
-            "--metrics",
-            "m/score.json",
-            "--plots",
-            "p",
-        ],
-        work,
-    )
     result = {
         "task": args.task,
         "demos": args.demos,
         "collect_demos_per_minute": round(args.demos / ours * 60, 1),
         "maniskill_route": theirs,
         "collect_vs_maniskill_ratio": round(ours / theirs["seconds"], 3),
-        "encode_frames_per_s": encode_fps(work / "demos" / args.task),
+        "encode_frames_per_s": encode_fps(work / "data" / "demos" / args.task),
         "stages": stages,
         "stage_config": "tiny model, 50 pretrain / 100 train steps, 5 evaluation episodes",
     }

@@ -3,8 +3,11 @@
 The tracking URI comes from ``MLFLOW_TRACKING_URI``; by default it is an embedded
 SQLite store in the repository (``sqlite:///mlflow.db``), so ``dvc repro`` needs no
 server. A pipeline run is identified by ``PAR_PIPELINE_KEY`` (Airflow passes its DAG
-run id) or, when unset, by the hash of params.yaml and the git commit: every stage
-of one ``dvc repro`` then nests under the same parent run.
+run id), by the DVC experiment's name under ``dvc exp run -n NAME`` (DVC sets
+``DVC_EXP_NAME``), or else by the hash of params.yaml and the git commit: every stage
+of one ``dvc repro`` nests under the same parent run. Under a DVC experiment every
+run carries its name: the parent run is called NAME, each stage's run NAME/stage, and
+all are tagged ``par.experiment``.
 """
 
 from __future__ import annotations
@@ -18,10 +21,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from components.common import ROOT
-
+ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = os.environ.get("PAR_MLFLOW_EXPERIMENT", "par")
-log = logging.getLogger("components.tracking")
+log = logging.getLogger("components.integrations.tracking")
 
 
 def tracking_uri() -> str:
@@ -38,9 +40,16 @@ def _mlflow():
     return mlflow
 
 
+def experiment_name() -> str | None:
+    """The DVC experiment this stage runs in, if any (``dvc exp run -n NAME``)."""
+    return os.environ.get("DVC_EXP_NAME") or None
+
+
 def pipeline_key(params_path: str | Path) -> str:
     if os.environ.get("PAR_PIPELINE_KEY"):
         return os.environ["PAR_PIPELINE_KEY"]
+    if experiment_name():
+        return f"dvc-exp-{experiment_name()}"
     digest = hashlib.sha256(Path(params_path).read_bytes())
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
@@ -63,10 +72,8 @@ def pipeline_run_id(params_path: str | Path) -> str:
         return found[0].info.run_id
     client = mlflow.MlflowClient()
     experiment = mlflow.get_experiment_by_name(EXPERIMENT)
-    run = client.create_run(
-        experiment.experiment_id,
-        tags={"par.pipeline_key": key, "par.kind": "pipeline", "mlflow.runName": f"pipeline-{key}"},
-    )
+    tags = {"par.pipeline_key": key, "par.kind": "pipeline", "mlflow.runName": experiment_name() or f"pipeline-{key}"}
+    run = client.create_run(experiment.experiment_id, tags=tags | _experiment_tag())
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -84,8 +91,12 @@ def stage_run(
         except Exception:  # the run is gone (another tracking store): start afresh
             log.warning("MLflow run %s not found in %s; starting a new run", run_id, tracking_uri())
             run_id = None
-    kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {"run_name": stage}
-    with mlflow.start_run(
-        **kwargs, tags={"mlflow.parentRunId": parent, "par.stage": stage, **(tags or {})}, log_system_metrics=True
-    ) as run:
+    name = f"{experiment_name()}/{stage}" if experiment_name() else stage
+    kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {"run_name": name}
+    tags = {"mlflow.parentRunId": parent, "par.stage": stage, **_experiment_tag(), **(tags or {})}
+    with mlflow.start_run(**kwargs, tags=tags, log_system_metrics=True) as run:
         yield run
+
+
+def _experiment_tag() -> dict[str, str]:
+    return {"par.experiment": name} if (name := experiment_name()) else {}

@@ -17,9 +17,9 @@ from typing import Any
 
 import mlflow.pyfunc
 
-from components.common import ComponentError
-from components.params import GateParams
-from components.policy import Policy, load_policy
+from components.errors import ComponentError
+from components.formats.params import GateParams
+from components.formats.policy import Policy, load_policy
 
 METRIC_KEYS = ("success_once", "success_at_end", "wilson_low", "wilson_high", "episodes")
 
@@ -27,7 +27,7 @@ METRIC_KEYS = ("success_once", "success_at_end", "wilson_low", "wilson_high", "e
 def _mlflow():
     import mlflow
 
-    from components.tracking import tracking_uri
+    from components.integrations.tracking import tracking_uri
 
     mlflow.set_tracking_uri(tracking_uri())
     return mlflow
@@ -57,7 +57,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
 
     ``predict`` takes a DataFrame with columns ``task`` (str), ``frame`` (H x W x 3
     uint8, nested lists or arrays) and ``proprio``; it returns the first action chunk of
-    each row. Closed-loop control with the KV-cache is components.evaluate's job.
+    each row. Closed-loop control with the KV-cache is the evaluate stage's job.
     """
 
     def load_context(self, context: Any) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from components.common import ComponentError, read_json
+from components.errors import ComponentError
+from components.formats.files import read_json
 
 ARRAYS = ("frames", "actions", "proprio", "success", "seed")
 

@@ -1,0 +1,1 @@
+"""Our files and configs: params.yaml, datasets, latents, the policy bundle, plots; atomic writes."""

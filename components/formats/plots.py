@@ -1,0 +1,116 @@
+"""Pictures and plot data the stages write: loss curves, real-vs-predicted frame grids,
+rollout videos, per-horizon scores. PNGs and videos are for people (and MLflow); the
+CSV files beside them are what ``dvc.yaml`` declares as plots, so that ``dvc plots
+diff`` compares two experiments."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LOSS_COLUMNS = ("step", "loss", "frame_loss", "action_loss")
+SCORE_COLUMNS = ("task", "horizon", "psnr", "ssim", "action_mae")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """Rows as CSV (a header, then one line a row; a missing value is left empty)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_loss_plot(history: list[dict[str, float]], path: Path, title: str) -> None:
+    """Training losses on a log scale (PNG), and the same numbers as ``<path>.csv``."""
+    plt = _pyplot()
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in LOSS_COLUMNS[1:]:
+        values = [h[key] for h in history]
+        if any(values):
+            ax.plot(steps, values, label=key)
+    if history:
+        ax.set_yscale("log")
+        ax.legend()
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    write_csv(path.with_suffix(".csv"), LOSS_COLUMNS, history)
+
+
+def save_grid(real: torch.Tensor, fake: torch.Tensor, path: Path, scale: int = 2) -> None:
+    """Two rows (real above, reconstructed or predicted below) of (N, 3, H, W) images in [0, 1]."""
+    import imageio.v3 as iio
+
+    rows = [torch.cat(list(images), dim=2) for images in (real, fake)]  # (3, H, N W)
+    grid = torch.cat(rows, dim=1).permute(1, 2, 0).mul(255).round().byte().numpy()
+    grid = grid.repeat(scale, 0).repeat(scale, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, grid)
+
+
+def write_video(frames: np.ndarray, path: Path, fps: int = 20, scale: int = 4) -> None:
+    """uint8 frames (T, H, W, 3) as an mp4, enlarged ``scale`` times (64 px frames are tiny)."""
+    import imageio.v2 as imageio
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    big = frames.repeat(scale, axis=1).repeat(scale, axis=2)
+    imageio.mimsave(path, list(big), fps=fps, macro_block_size=1)
+
+
+def save_side_by_side(pred: torch.Tensor, real: torch.Tensor, path: Path, fps: int = 4) -> None:
+    """Predicted | real frames, (T, 3, H, W) in [0, 1] each, as one mp4."""
+    frames = torch.cat([pred, real], dim=3).permute(0, 2, 3, 1).mul(255).round().byte().numpy()
+    write_video(frames, path, fps=fps)
+
+
+def save_score_plot(per_task: dict[str, dict[str, Any]], path: Path) -> None:
+    """PSNR, SSIM and action error by horizon, one line a task (PNG), and ``<path>.csv``."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    for ax, key, label in zip(axes, SCORE_COLUMNS[2:], ("PSNR (dB)", "SSIM", "action MAE"), strict=True):
+        for task, values in per_task.items():
+            series = values.get(f"{key}_per_step") or []
+            if series:
+                ax.plot(range(1, len(series) + 1), series, marker="o", label=task)
+        ax.set_xlabel("horizon (chunks ahead)")
+        ax.set_title(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    write_csv(path.with_suffix(".csv"), SCORE_COLUMNS, score_rows(per_task))
+
+
+def score_rows(per_task: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row a task and horizon step of the per-step score series."""
+    rows = []
+    for task, values in per_task.items():
+        for h, action in enumerate(values.get("action_mae_per_step", []), start=1):
+            row = {"task": task, "horizon": h, "action_mae": action}
+            for key in ("psnr", "ssim"):
+                series = values.get(f"{key}_per_step") or []
+                if len(series) >= h:
+                    row[key] = series[h - 1]
+            rows.append(row)
+    return rows

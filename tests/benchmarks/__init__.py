@@ -1,0 +1,1 @@
+"""Benchmarks of the pipeline: they print figures (JSON) and assert nothing."""

@@ -1,0 +1,1 @@
+"""What the tests (and the benchmarks) start and stop: servers, process trees, Airflow."""
