@@ -98,9 +98,6 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(task: str, kwargs: dict[str, Any], camera: list[str], proprio: list[str]) -> None:
-    import logging
-
-    logging.getLogger("mani_skill").setLevel(logging.ERROR)
     _WORKER["env"] = Recorder(make_env(task, kwargs), camera, proprio)
     _WORKER["solve"] = planner_for(task)
 

@@ -21,7 +21,8 @@ log = logging.getLogger("components")
 
 # Libraries that log more than a pipeline user needs: their warnings stay, their chatter goes.
 _QUIET_LOGGERS = {
-    "mani_skill": logging.ERROR,  # "no CUDA, rendering on CPU": expected on this machine
+    "mani_skill ": logging.ERROR,  # sic: "no CUDA, rendering on CPU" is expected on this machine
+    "diffusers": logging.ERROR,  # without accelerate it advises installing it on every model load
     "great_expectations": logging.ERROR,
     "mlflow": logging.WARNING,
     "alembic": logging.WARNING,  # MLflow's SQLite store prints its migrations at INFO
@@ -41,9 +42,11 @@ def setup_logging(verbose: bool = False) -> None:
 
 def quiet_libraries() -> None:
     """Keep library noise out of the console (call before the libraries are imported)."""
-    # diffusers resets its logger's level from this variable when it is first imported;
-    # without accelerate it advises installing it on every model load.
+    # diffusers sets its logger's level from this variable when it is first imported
+    # (and the level below holds if it already was); MLflow draws a progress bar for
+    # every artifact download.
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name, level in _QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
     # SAPIEN falls back to its bundled Vulkan loader, as intended on a machine without one.

@@ -147,6 +147,7 @@ def run_suite(dataset: Path, manifest: dict, rows: list[dict], suite_fn, out_doc
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="great_expectations")
     import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
 
     frame = pd.DataFrame(rows)
     for column in ("seed", "steps"):
@@ -154,6 +155,7 @@ def run_suite(dataset: Path, manifest: dict, rows: list[dict], suite_fn, out_doc
             frame[column] = -1
     with tempfile.TemporaryDirectory() as project:
         context = gx.get_context(mode="file", project_root_dir=project)
+        context.variables.progress_bars = ProgressBarsConfig(globally=False)  # one log line is enough
         source = context.data_sources.add_pandas(f"{manifest['task']}_dataset")
         batch = source.add_dataframe_asset("episodes").add_batch_definition_whole_dataframe("all episodes")
         suite = context.suites.add(suite_fn(gx, len(frame)))

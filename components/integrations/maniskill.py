@@ -21,6 +21,9 @@ from components.errors import ComponentError
 from components.formats.params import DEFAULT_PROPRIO, CameraParams
 
 REPO = Path(__file__).resolve().parents[2]
+# ManiSkill logs through a logger of this name (with a trailing space), at INFO, with a
+# handler of its own; "no CUDA device, rendering on the CPU" is expected on this machine.
+MANISKILL_LOGGER = "mani_skill "
 
 
 def use_software_vulkan() -> None:
@@ -33,7 +36,7 @@ def use_software_vulkan() -> None:
     # SAPIEN falls back to its bundled Vulkan loader, and ManiSkill to CPU rendering,
     # as intended on a machine without a GPU: keep those two notices out of the logs.
     warnings.filterwarnings("ignore", message="Failed to find system libvulkan")
-    logging.getLogger("mani_skill").setLevel(logging.ERROR)
+    logging.getLogger(MANISKILL_LOGGER).setLevel(logging.ERROR)
 
 
 def env_kwargs(
@@ -93,6 +96,8 @@ def make_env(task: str, kwargs: dict[str, Any]):
     use_software_vulkan()
     import gymnasium as gym
     import mani_skill.envs  # noqa: F401 - registers the environments
+
+    logging.getLogger(MANISKILL_LOGGER).setLevel(logging.ERROR)  # set to INFO when ManiSkill is imported
 
     if task not in gym.registry:
         raise ComponentError(f"unknown ManiSkill task {task!r}")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
+import pandas as pd
 
 from components.errors import ComponentError
 from components.formats.params import GateParams
@@ -63,9 +64,8 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.policy = load_policy(context.artifacts["policy"])
 
-    def predict(self, context: Any, model_input: Any, params: dict | None = None) -> Any:
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         import numpy as np
-        import pandas as pd
         import torch
 
         from par.sampling import rollout_for
