@@ -34,6 +34,7 @@ for dag in bag.dags.values():
         "schedule": str(getattr(dag.timetable, "_expression", "") or getattr(dag.timetable, "expression", "")),
         "catchup": dag.catchup,
         "retries": sorted({t.retries for t in dag.tasks}),
+        "env": {t.task_id: sorted(getattr(t, "env", None) or {}) for t in dag.tasks if hasattr(t, "env")},
     }
 print(json.dumps(out))
 """
@@ -81,6 +82,7 @@ def test_nightly_dag_structure(tmp_path):
     assert dag["schedule"] == "0 3 * * *" and dag["catchup"] is False
     assert "check_regression" in dag["tasks"]["evaluate_champion"]
     assert "evaluate_champion" in dag["mapped"] and dag["undescribed"] == []
+    assert "PAR_ALERT_WEBHOOK" in dag["env"]["check_regression"]  # the alert webhook, resolved when the run starts
 
 
 def test_unknown_runner_is_an_import_error(tmp_path):

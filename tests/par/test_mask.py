@@ -66,7 +66,7 @@ def test_mask_matches_rules_cell_by_cell(overrides, video):
 
 
 def test_mask_spot_checks():
-    """A few cells named in PAR.md, by position, as a reader would check them."""
+    """A few cells named in docs/model.md, by position, as a reader would check them."""
     config = tiny_config(task_tokens=1, proprio_dim=0, chunk_len=2, latent_height=2, latent_width=2)
     # Per step: 1 frame token, BOA, a0, a1 -> positions 1..4 (step 0), 5..8 (step 1).
     mask = build_mask(config, 2)
