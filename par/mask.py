@@ -5,7 +5,7 @@ A window is ``task_tokens`` task tokens followed by physical steps. A physical s
 
     [frame tokens of o_t (N)] [state token s_t (0/1)] [BOA] [action tokens a_t (L)]
 
-and ``a_t`` is the chunk executed from ``o_t``. The rules (PAR.md):
+and ``a_t`` is the chunk executed from ``o_t``. The rules (docs/model.md):
 
 * task tokens see each other and are seen by everyone;
 * full attention inside a frame (frame and state tokens form the frame group);

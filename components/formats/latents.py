@@ -1,4 +1,5 @@
-"""Encode's output folder (``data/encoded``), read into the model library's episodes.
+"""Encode's output folder (``data/encoded``): written by :func:`write_encoded`, read back into
+the model library's episodes.
 
 vae/                   the AutoencoderKL (diffusers save_pretrained format)
 latents/<task>.npz     latents (F, C, h, w) float32 normalised, actions (S, A),
