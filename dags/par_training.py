@@ -16,9 +16,9 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, task
 
 from components.orchestration import operators
-from components.orchestration.runs import FORM_FIELDS, default_params, lookup
+from components.orchestration.runs import FORM_FIELDS, form_defaults, lookup
 
-DEFAULTS = default_params()
+DEFAULTS = form_defaults()
 
 
 def trigger_form() -> dict[str, Param]:

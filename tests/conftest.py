@@ -81,7 +81,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         item.stash[_UNDO] = mp
 
 
-def pytest_runtest_teardown(item: pytest.Item) -> None:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """After the test's own fixtures are torn down (a test's ``monkeypatch`` may have
+    set the same variable since, and restores the value it found: ours)."""
+    yield
     undo = item.stash.get(_UNDO, None)
     if undo is not None:
         undo.undo()

@@ -31,8 +31,15 @@ def run_folder(run_id: str) -> str:
 
 
 def default_params() -> dict[str, Any]:
-    """params.yaml of the repository (the defaults shown in the trigger form)."""
+    """params.yaml of the repository, as written."""
     return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def form_defaults() -> dict[str, Any]:
+    """params.yaml with every default written out: the values the trigger form shows."""
+    from components.formats.params import materialize
+
+    return materialize(default_params(), "params.yaml")
 
 
 @dataclass(frozen=True)
@@ -122,14 +129,14 @@ def run_params(ui: dict[str, Any]) -> dict[str, Any]:
     The form shows params.yaml's values as its defaults, so a field still at its
     default leaves the base (params.yaml or the chosen profile) alone; a field the user
     changed overrides it. Without a profile the result is the same either way."""
-    from components.formats.params import BY_TASK, materialize
+    from components.formats.params import BY_TASK
 
     data = _base(str(ui.get("profile") or "").strip())
-    form_defaults = materialize(default_params(), "params.yaml")
+    defaults = form_defaults()
     listed = list(data.get("tasks", []))  # the base's tasks, before the form
     for key, field in FORM_FIELDS.items():
         value = ui.get(key)
-        if value is None or value == lookup(form_defaults, field.path):
+        if value is None or value == lookup(defaults, field.path):
             continue
         node = data
         for part in field.path[:-1]:

@@ -25,8 +25,15 @@ bag = DagBag(dag_folder=sys.argv[1])
 out = {"errors": {k: v[-500:] for k, v in bag.import_errors.items()},
        "heavy": [m for m in ("torch", "diffusers", "mani_skill", "sapien", "mlflow") if m in sys.modules],
        "dags": {}}
+def defaults_problem(dag):
+    try:
+        dag.params.validate()  # what a trigger with the form's defaults is checked against
+    except Exception as exc:
+        return str(exc)
+    return ""
 for dag in bag.dags.values():
     out["dags"][dag.dag_id] = {
+        "defaults_problem": defaults_problem(dag),
         "tasks": {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks},
         "mapped": sorted(t.task_id for t in dag.tasks if type(t).__name__ == "MappedOperator"),
         "params": sorted(dag.params.keys()),
@@ -73,7 +80,7 @@ def test_training_dag_is_the_pipeline_a_user_thinks_in(tmp_path):
     assert set(t) == {*chain, "evaluate", "score", "gate"}
     assert set(dag["mapped"]) == {"collect", "validate", "evaluate"}
     assert {"tasks", "demos_per_task", "model_size", "train_steps", "episodes", "min_wilson_low"} <= set(dag["params"])
-    assert dag["undescribed"] == []
+    assert dag["undescribed"] == [] and dag["defaults_problem"] == ""  # the form's defaults are valid
     assert dag["catchup"] is False and min(dag["retries"]) >= 2
 
 

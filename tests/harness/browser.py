@@ -40,6 +40,6 @@ def screenshot(url: str, path: Path, wait_text: str, timeout_ms: int = 60_000) -
     with browser_page() as page:
         page.goto(url)
         page.get_by_text(wait_text).first.wait_for(timeout=timeout_ms)
-        page.wait_for_load_state("networkidle")
+        page.wait_for_timeout(1500)  # the page polls its server: it never goes network-idle
         page.screenshot(path=str(path), full_page=True)
     return path
