@@ -1,2 +1,3 @@
--- The MLflow backend store lives beside Airflow's metadata database.
+-- The MLflow backend store and its login store live beside Airflow's metadata database.
 CREATE DATABASE mlflow;
+CREATE DATABASE mlflow_auth;

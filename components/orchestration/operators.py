@@ -32,6 +32,8 @@ FOLDER = "{{ run_folder(run_id) }}"  # the DAG run's folder, rendered when the t
 MACROS = {"run_folder": run_folder, "nightly_folder": nightly_folder}
 _PASSED_ON = (
     "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",  # a tracking server that asks for a login (infra/docker-compose.yaml)
+    "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_S3_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",

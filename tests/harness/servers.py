@@ -75,10 +75,15 @@ def server(cmd: list[str], health: str, log: Path, env: dict | None = None, time
 
 @contextlib.contextmanager
 def mlflow_server(
-    root: Path, artifacts: list[str] | None = None, env: dict[str, str] | None = None, timeout: float = 90
+    root: Path,
+    artifacts: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 90,
+    extra: list[str] | None = None,
 ) -> Iterator[str]:
     """``mlflow server`` with a SQLite backend; yields its URI. Artifacts go to
-    ``root/artifacts`` unless ``artifacts`` gives the server's artifact options."""
+    ``root/artifacts`` unless ``artifacts`` gives the server's artifact options; ``extra``
+    adds options (``--app-name basic-auth``)."""
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
     cmd = [
@@ -93,6 +98,7 @@ def mlflow_server(
         *(artifacts or ["--artifacts-destination", str(root / "artifacts")]),
         "--workers",
         "1",
+        *(extra or []),
     ]
     uri = f"http://127.0.0.1:{port}"
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}

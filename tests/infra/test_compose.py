@@ -16,7 +16,8 @@ from tests.infra.conftest import ROOT
 
 COMPOSE = ROOT / "infra" / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / "infra" / ".env.example"
-ONE_OFF = {"airflow-init", "minio-init"}
+ONE_OFF = {"airflow-init", "minio-init", "mlflow-init", "secrets-check"}
+CHECK_SECRETS = ROOT / "infra" / "check-secrets.sh"
 
 
 def compose_config(*env_file: Path) -> subprocess.CompletedProcess:
@@ -90,3 +91,71 @@ def test_the_env_file_is_not_tracked():
     for line in ENV_EXAMPLE.read_text().splitlines():
         if "PASSWORD" in line or "SECRET" in line:
             assert "change-me" in line, line
+
+
+def _needs(services: dict, name: str, seen: set | None = None) -> set[str]:
+    """Every service ``name`` waits for, directly or through others."""
+    seen = set() if seen is None else seen
+    for dependency in services[name].get("depends_on", {}):
+        if dependency not in seen:
+            seen.add(dependency)
+            _needs(services, dependency, seen)
+    return seen
+
+
+def test_nothing_starts_before_the_secrets_are_checked(config):
+    services = config["services"]
+    for name in services:
+        if name != "secrets-check":
+            assert "secrets-check" in _needs(services, name), name
+    first = services["postgres"]["depends_on"]["secrets-check"]["condition"]
+    assert first == "service_completed_successfully"
+
+
+def _check_secrets(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["sh", str(CHECK_SECRETS)], capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", **env}
+    )
+
+
+def _example_env() -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in ENV_EXAMPLE.read_text().splitlines() if "=" in line and line[0] != "#")
+    return dict(pairs)
+
+
+def test_the_secrets_check_refuses_every_example_value_by_name():
+    result = _check_secrets(_example_env())
+    assert result.returncode == 1
+    for name in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_S3_SECRET_KEY", "MLFLOW_ADMIN_PASSWORD",
+                 "MLFLOW_FLASK_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET"):  # fmt: skip
+        assert f"{name} still has its example value" in result.stderr, name
+    assert "AIRFLOW_FERNET_KEY is empty" in result.stderr
+
+
+def test_the_secrets_check_passes_real_secrets_and_names_a_short_one():
+    env = {k: "a-real-secret-of-forty-characters-0123456" for k, v in _example_env().items() if "change-me" in v}
+    env["AIRFLOW_FERNET_KEY"] = "x" * 44
+    assert _check_secrets(env).returncode == 0, _check_secrets(env).stderr
+    short = _check_secrets(env | {"AIRFLOW_JWT_SECRET": "tiny"})
+    assert short.returncode == 1 and "AIRFLOW_JWT_SECRET is shorter than 32 characters" in short.stderr
+
+
+def test_mlflow_asks_for_a_login_and_has_s3_keys_of_its_own(config):
+    mlflow = config["services"]["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["command"]
+    assert mlflow["environment"]["MLFLOW_AUTH_CONFIG_PATH"] == "/auth/basic_auth.ini"
+    assert mlflow["environment"]["AWS_ACCESS_KEY_ID"] != config["services"]["minio"]["environment"]["MINIO_ROOT_USER"]
+    assert "mc admin policy attach" in config["services"]["minio-init"]["command"][0]
+    airflow = config["services"]["airflow-scheduler"]["environment"]
+    assert airflow["MLFLOW_TRACKING_USERNAME"] and airflow["MLFLOW_TRACKING_PASSWORD"]
+
+
+def test_only_the_socket_proxy_sees_the_engine(config):
+    services = config["services"]
+    for name, service in services.items():
+        mounts = [v for v in service.get("volumes", []) if "docker.sock" in str(v)]
+        if name == "docker-proxy":
+            assert mounts and all(str(m).endswith(":ro") for m in mounts), mounts
+        else:
+            assert not mounts, name
+    assert services["airflow-scheduler"]["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"
