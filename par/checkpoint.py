@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from par.baseline import BCConfig, BCPolicy
 from par.config import ModelConfig
@@ -57,10 +57,22 @@ def save_model(model: Model, directory: str | Path, extra_metadata: dict[str, st
         tmp_path = Path(tmp) / "model"
         tmp_path.mkdir()
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp_path / WEIGHTS), metadata=metadata)
+        (tmp_path / WEIGHTS).write_bytes(stable_safetensors(save(state, metadata=metadata)))
         (tmp_path / CONFIG).write_text(json.dumps(json.loads(config_json), indent=2) + "\n")
         replace_dir(tmp_path, target)
     return target
+
+
+def stable_safetensors(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header in sorted key order. safetensors
+    writes the metadata in a hash map's order, which changes from one process to the
+    next, so the same weights gave different bytes (and DVC a different hash) every run.
+    Tensor data offsets are relative to the header's end, so they stay valid."""
+    length = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + length])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"))
+    text += " " * (-len(text) % 8)  # the format aligns the data on 8 bytes
+    return len(text).to_bytes(8, "little") + text.encode() + blob[8 + length :]
 
 
 def read_config(directory: str | Path) -> ModelConfig | BCConfig:

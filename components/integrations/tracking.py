@@ -51,12 +51,19 @@ def pipeline_key(params_path: str | Path) -> str:
     if experiment_name():
         return f"dvc-exp-{experiment_name()}"
     digest = hashlib.sha256(Path(params_path).read_bytes())
+    digest.update((git_commit() or "").encode())
+    return digest.hexdigest()[:16]
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with ``+changes`` when the tree differs from it), if it is a git checkout."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True)
-        digest.update(head.stdout.strip().encode())
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True)  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
-        pass
-    return digest.hexdigest()[:16]
+        return None
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def pipeline_run_id(params_path: str | Path) -> str:
@@ -96,6 +103,23 @@ def stage_run(
     tags = {"mlflow.parentRunId": parent, "par.stage": stage, **_experiment_tag(), **(tags or {})}
     with mlflow.start_run(**kwargs, tags=tags, log_system_metrics=True) as run:
         yield run
+
+
+def end_abandoned_run(run_id: str, why: str) -> None:
+    """Mark a stage's run that a killed process left RUNNING as FAILED, saying why
+    (a run that has ended already is left as it is)."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    try:
+        status = client.get_run(run_id).info.status
+    except MlflowException:  # gone (another tracking store): nothing to end
+        return
+    if status == "RUNNING":
+        client.set_tag(run_id, "par.ended", why)
+        client.set_terminated(run_id, status="FAILED")
+        log.warning("MLflow run %s was left running by a killed process: marked FAILED (%s)", run_id, why)
 
 
 def _experiment_tag() -> dict[str, str]:

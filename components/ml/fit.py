@@ -154,13 +154,27 @@ class CheckpointStore:
         last = self.root / "last"
         if not last.exists():
             return None
-        state = torch.load(last / "training_state.pt", weights_only=False)
+        # Tensors, numbers and strings only: a checkpoint from a shared volume cannot run code.
+        state = torch.load(last / "training_state.pt", weights_only=True)
         if state.get("fingerprint") != self.fingerprint:
             aside = self.root.with_name(f"{self.root.name}.stale-{int(time.time())}")
             log.warning("checkpoints in %s were made under another configuration; moved to %s", self.root, aside)
             os.replace(self.root, aside)
             return None
         return last.resolve(), state
+
+    def started_run(self) -> str | None:
+        """The MLflow run the last start of this stage opened (``run.json``), if any."""
+        path = self.root / "run.json"
+        try:
+            return json.loads(path.read_text()).get("run_id")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def record_run(self, run_id: str) -> None:
+        """Say which MLflow run this start opened, before its first checkpoint exists."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(self.root / "run.json", {"run_id": run_id})
 
     def save(self, model: PAR | BCPolicy, trainer: Trainer, run_id: str) -> Path:
         target = self.root / f"{trainer.step:06d}"
@@ -348,7 +362,7 @@ def _finish(setup: Setup, trainer: Trainer, history: list[dict], seconds: float,
 
 def fit(mode: Mode, params: Params, params_path: Path, paths: FitPaths, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the ``mode`` stage to its last step; returns its metrics."""
-    from components.integrations.tracking import stage_run
+    from components.integrations.tracking import end_abandoned_run, stage_run
 
     setup = prepare(mode, params, paths)
     if setup is None:
@@ -360,10 +374,14 @@ def fit(mode: Mode, params: Params, params_path: Path, paths: FitPaths, progress
     )  # fmt: skip
     trainer = Trainer(setup.model, sampler, train_config(setup.optim))
     store = CheckpointStore(paths.checkpoints, fingerprint(setup))
+    started_run = store.started_run()
     run_id, history = _resume(store, setup, trainer)
+    if started_run and started_run != run_id:  # killed before a checkpoint of its own, or stale
+        end_abandoned_run(started_run, "killed before its first checkpoint, or its checkpoints were set aside")
     with stage_run(mode, params_path, run_id, tags={"par.tasks": ",".join(setup.tasks)}) as run:
         import mlflow
 
+        store.record_run(run.info.run_id)
         if run_id is None:
             _log_start(mlflow, setup)
         losses = LossLog(store.root / "history.jsonl", history, setup.optim, mlflow)

@@ -84,7 +84,7 @@ def test_killed_training_resumes_to_the_same_weights(encoded, pretrained, tmp_pa
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (tmp_path / "kill_policy").exists()
-    first_run = torch.load(tmp_path / "kill_ckpt" / "last" / "training_state.pt", weights_only=False)["run_id"]
+    first_run = torch.load(tmp_path / "kill_ckpt" / "last" / "training_state.pt", weights_only=True)["run_id"]
     resumed = subprocess.run(cmd, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming train from step" in resumed.stderr
@@ -95,6 +95,50 @@ def test_killed_training_resumes_to_the_same_weights(encoded, pretrained, tmp_pa
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+
+def test_a_run_killed_before_its_first_checkpoint_is_not_left_running(encoded, pretrained, tmp_path):
+    import mlflow
+
+    params = write_params(
+        tmp_path / "params.yaml",
+        train={"steps": 12, "batch_size": 4, "checkpoint_every": 12, "log_every": 3, "warmup_steps": 2, "threads": 1},
+    )
+    cmd = _train_cmd(params, encoded, pretrained, tmp_path, "early")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    record = tmp_path / "early_ckpt" / "run.json"
+    try:
+        deadline = time.time() + 300
+        while not record.exists():  # the MLflow run is open, no checkpoint yet
+            assert proc.poll() is None and time.time() < deadline, "training ended before the kill"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    killed = json.loads(record.read_text())["run_id"]
+    assert mlflow.get_run(killed).info.status == "RUNNING"  # what the kill leaves behind
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert mlflow.get_run(killed).info.status == "FAILED"
+    assert "killed before its first checkpoint" in mlflow.get_run(killed).data.tags["par.ended"]
+    finished = json.loads((tmp_path / "early.json").read_text())["mlflow_run_id"]
+    assert finished != killed and mlflow.get_run(finished).info.status == "FINISHED"
+
+
+def test_two_identical_pretrain_runs_write_identical_bytes(encoded, tmp_path):
+    """The same params and seed give the same model file, byte for byte, so DVC sees the
+    same hash and train keeps its checkpoints (one thread: see the resume test)."""
+    params_path = write_params(
+        tmp_path / "params.yaml",
+        pretrain={"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 2, "warmup_steps": 1, "threads": 1},
+    )
+    params = load_params(params_path)
+    for run in ("a", "b"):
+        paths = FitPaths(encoded, tmp_path / run / "model", tmp_path / run / "ckpt", tmp_path / run / "m.json",
+                         tmp_path / run / "plots")  # fmt: skip
+        fit("pretrain", params, params_path, paths, progress=False)
+    a, b = (tmp_path / run / "model" / "model" / "model.safetensors" for run in ("a", "b"))
+    assert a.read_bytes() == b.read_bytes()
 
 
 def test_behaviour_cloning_baseline_trains(encoded, tmp_path):
