@@ -26,8 +26,12 @@ def runs_root() -> Path:
 
 
 def run_folder(run_id: str) -> str:
-    """A run's private folder (its id made safe as one folder name)."""
-    return str(runs_root() / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id))
+    """A run's private folder: its id made safe as one folder name under the runs root
+    (an id of dots only, ``.`` or ``..``, would name the root or its parent: refused)."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+    if not name.strip("."):
+        raise ValueError(f"run id {run_id!r} cannot name a run folder")
+    return str(runs_root() / name)
 
 
 def default_params() -> dict[str, Any]:
@@ -129,7 +133,7 @@ def run_params(ui: dict[str, Any]) -> dict[str, Any]:
     The form shows params.yaml's values as its defaults, so a field still at its
     default leaves the base (params.yaml or the chosen profile) alone; a field the user
     changed overrides it. Without a profile the result is the same either way."""
-    from components.formats.params import BY_TASK
+    from components.formats.params import drop_tasks
 
     data = _base(str(ui.get("profile") or "").strip())
     defaults = form_defaults()
@@ -144,11 +148,7 @@ def run_params(ui: dict[str, Any]) -> dict[str, Any]:
         node[field.path[-1]] = value
     # Per-task entries of base tasks the form left out go with them; any other name
     # stays, so that params still refuses a misspelt one.
-    dropped = set(listed) - set(data.get("tasks", []))
-    for key in BY_TASK:
-        by_task = data.get("collect", {}).get(key)
-        if by_task:
-            data["collect"][key] = {t: v for t, v in by_task.items() if t not in dropped}
+    drop_tasks(data, set(listed) - set(data.get("tasks", [])))
     return data
 
 

@@ -88,6 +88,14 @@ def test_every_form_field_sets_a_params_key_and_says_what_it_does():
         assert len(field.description) > 30, name
 
 
+@pytest.mark.parametrize("run_id", [".", "..", "", "..."])
+def test_a_run_id_never_names_a_folder_outside_the_runs_root(tmp_path, run_id):
+    with pytest.raises(ValueError, match="cannot name a run folder"):
+        run_folder(run_id)
+    for safe in ("../x", "../..", "/"):  # slashes become underscores: one folder in the root
+        assert Path(run_folder(safe)).parent == tmp_path / "runs"
+
+
 def test_nightly_run_evaluates_the_champion_on_the_profiles_seeds():
     items = prepare_nightly_run({"profile": "ci-airflow"}, "scheduled__x")
     params = yaml.safe_load((Path(run_folder("nightly-scheduled__x")) / "params.yaml").read_text())
