@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from components.console import Progress, log, run_cli
+from components.console import Progress, at_least, log, run_cli
 from components.errors import ComponentError
 from components.formats.files import atomic_output, write_json
 from components.formats.params import DEFAULT_PROPRIO, CollectParams, load_params
@@ -273,8 +273,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (section collect)")
     parser.add_argument("--task", required=True, help="ManiSkill task id, e.g. PushCube-v1")
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
-    parser.add_argument("--demos", type=int, help="this many demos (overrides collect.demos_per_task/demos_by_task)")
-    parser.add_argument("--workers", type=int, help="override collect.workers")
+    parser.add_argument(
+        "--demos", type=at_least(1), help="this many demos (overrides collect.demos_per_task/demos_by_task)"
+    )
+    parser.add_argument("--workers", type=at_least(1), help="override collect.workers")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     overrides = {}

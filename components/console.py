@@ -7,6 +7,7 @@ the exit codes of :mod:`components.errors` are decided here and nowhere else.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -68,6 +69,22 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (counts: 1, seeds: 0);
+    anything else is a usage error naming the argument (exit 2)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+
+    return whole_number
 
 
 def _duration(seconds: float) -> str:

@@ -97,7 +97,7 @@ def score(
                 seed = int(arrays["seeds"][e])
                 if seed not in by_seed:
                     raise ComponentError(f"held-out episode with seed {seed} is not in {demos_root / task}")
-                demo = read_demo(demos_root / task, *by_seed[seed])
+                demo = read_demo(demos_root / task, *by_seed[seed], manifest)
                 result = score_episode(
                     policy,
                     policy.task_id(task),

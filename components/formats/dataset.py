@@ -1,16 +1,21 @@
-"""Reading the datasets that collect writes (see components.collect for the format)."""
+"""Reading the datasets that collect writes (the layout: docs/data-formats.md), checked
+where they are read: the manifest against :class:`Manifest`, each episode's arrays
+against the manifest, so that a corrupt file is an error naming it and its problem."""
 
 from __future__ import annotations
 
 import zipfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Annotated, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from components.errors import ComponentError
-from components.formats.files import read_json
+from components.formats.files import read_json, validation_problems
 
 ARRAYS = ("frames", "actions", "proprio", "success", "seed")
 
@@ -26,30 +31,138 @@ class Demo:
     seed: int
 
 
+Finite = Annotated[float, Field(allow_inf_nan=False, strict=False)]
+
+
+class EpisodeEntry(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    file: str
+    seed: int = Field(ge=0)
+    steps: int = Field(ge=1)
+
+    @field_validator("file")
+    @classmethod
+    def _inside_the_dataset(cls, file: str) -> str:
+        path = PurePosixPath(file)
+        if path.is_absolute() or ".." in path.parts or not file:
+            raise ValueError(f"{file!r} is not a path inside the dataset")
+        return file
+
+
+class Counts(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    episodes: int = Field(ge=0)
+    steps: int = Field(ge=0)
+
+
+class Manifest(BaseModel):
+    """manifest.json of a dataset: what encode, evaluate and score rely on."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    format: Literal["par-demos-v2"]
+    task: str = Field(min_length=1)
+    control_mode: str
+    robot_uids: str
+    camera: dict[str, Any]
+    frame_shape: list[int] = Field(min_length=3, max_length=3)
+    env_kwargs: dict[str, Any]
+    episodes: list[EpisodeEntry] = Field(min_length=1)
+    counts: Counts
+    action_dim: int = Field(ge=1)
+    proprio_dim: int = Field(ge=0)
+    action_min: list[Finite]
+    action_max: list[Finite]
+    action_space_low: list[Finite]
+    action_space_high: list[Finite]
+    proprio_mean: list[Finite]
+    proprio_std: list[Finite]
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> Manifest:
+        for key in ("action_min", "action_max", "action_space_low", "action_space_high"):
+            if len(getattr(self, key)) != self.action_dim:
+                raise ValueError(f"{key} has {len(getattr(self, key))} entries, action_dim is {self.action_dim}")
+        for key in ("proprio_mean", "proprio_std"):
+            if len(getattr(self, key)) != self.proprio_dim:
+                raise ValueError(f"{key} has {len(getattr(self, key))} entries, proprio_dim is {self.proprio_dim}")
+        if self.counts.episodes != len(self.episodes):
+            raise ValueError(f"counts.episodes is {self.counts.episodes} but it lists {len(self.episodes)} episodes")
+        if any(n < 1 for n in self.frame_shape) or self.frame_shape[2] != 3:
+            raise ValueError(f"frame_shape {self.frame_shape} is not [height, width, 3]")
+        return self
+
+
 def read_manifest(dataset: str | Path) -> dict[str, Any]:
+    """A dataset's manifest, checked against :class:`Manifest`; the error names the file and field."""
     dataset = Path(dataset)
     if not dataset.is_dir():
         raise ComponentError(f"dataset {dataset} does not exist (run collect first)")
-    manifest = read_json(dataset / "manifest.json", "manifest")
-    for key in ("task", "control_mode", "camera", "episodes", "env_kwargs"):
-        if key not in manifest:
-            raise ComponentError(f"manifest {dataset / 'manifest.json'} has no {key!r} entry")
+    path = dataset / "manifest.json"
+    manifest = read_json(path, "manifest")
+    if not isinstance(manifest, dict):
+        raise ComponentError(f"manifest {path} must hold a JSON object, not {type(manifest).__name__}")
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        raise ComponentError(f"manifest {path} is invalid: {validation_problems(exc)}") from exc
     return manifest
 
 
-def read_demo(dataset: str | Path, index: int, entry: dict[str, Any]) -> Demo:
-    """Load one episode; a missing or unreadable file is an error naming it."""
-    path = Path(dataset) / entry["file"]
+def _load_arrays(path: Path, index: int) -> dict[str, np.ndarray]:
+    """The episode file's arrays; a file that is not a readable archive of them is an
+    error naming it (truncated, empty, bad compressed bytes, a folder, object arrays)."""
     if not path.is_file():
         raise ComponentError(f"episode {index} file {path} is missing")
     try:
-        with np.load(path) as data:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ComponentError(f"episode {index} file {path} is not an .npz archive of arrays")
+        with loaded as data:
             missing = [k for k in ARRAYS if k not in data.files]
             if missing:
                 raise ComponentError(f"episode {index} file {path} lacks arrays {missing}")
-            arrays = {k: data[k] for k in ARRAYS}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise ComponentError(f"episode {index} file {path} is unreadable: {exc}") from exc
+            return {k: data[k] for k in ARRAYS}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ComponentError(f"episode {index} file {path} is unreadable: {type(exc).__name__}: {exc}") from exc
+
+
+def episode_problems(arrays: dict[str, np.ndarray], entry: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """What is wrong with an episode's arrays against its manifest (empty: nothing)."""
+    seed = arrays["seed"]
+    T = entry["steps"]
+    H, W, _ = manifest["frame_shape"]
+    expected = {
+        "frames": ((T + 1, H, W, 3), np.uint8),
+        "actions": ((T, manifest["action_dim"]), np.float32),
+        "proprio": ((T + 1, manifest["proprio_dim"]), np.float32),
+        "success": ((T,), np.bool_),
+        "seed": ((), np.int64),
+    }
+    problems = [
+        f"{name} is {arrays[name].dtype}{list(arrays[name].shape)}, not {np.dtype(dtype)}{list(shape)}"
+        for name, (shape, dtype) in expected.items()
+        if arrays[name].shape != shape or arrays[name].dtype != dtype
+    ]
+    for name in ("actions", "proprio"):
+        if arrays[name].dtype.kind == "f" and not np.isfinite(arrays[name]).all():
+            problems.append(f"{name} holds {int((~np.isfinite(arrays[name])).sum())} NaN or infinite values")
+    if seed.shape == () and int(seed) != entry["seed"]:
+        problems.append(f"seed is {int(seed)} but the manifest says {entry['seed']}")
+    return problems
+
+
+def read_demo(dataset: str | Path, index: int, entry: dict[str, Any], manifest: dict[str, Any] | None = None) -> Demo:
+    """Load one episode; a missing or unreadable file is an error naming it. Given the
+    dataset's ``manifest``, the arrays are also checked against it (shapes, dtypes,
+    finite actions and proprio, the seed): what every reader but validate needs, which
+    reports these facts itself."""
+    path = Path(dataset) / entry["file"]
+    arrays = _load_arrays(path, index)
+    if manifest is not None and (problems := episode_problems(arrays, entry, manifest)):
+        raise ComponentError(f"episode {index} file {path}: " + "; ".join(problems))
     return Demo(
         index=index,
         file=entry["file"],
@@ -57,11 +170,12 @@ def read_demo(dataset: str | Path, index: int, entry: dict[str, Any]) -> Demo:
         actions=arrays["actions"],
         proprio=arrays["proprio"],
         success=arrays["success"],
-        seed=int(arrays["seed"]),
+        seed=int(arrays["seed"]) if arrays["seed"].size == 1 else -1,
     )
 
 
-def iter_demos(dataset: str | Path, manifest: dict[str, Any] | None = None):
+def iter_demos(dataset: str | Path, manifest: dict[str, Any] | None = None) -> Iterator[Demo]:
+    """Every episode of a dataset, checked against its manifest."""
     manifest = manifest or read_manifest(dataset)
     for index, entry in enumerate(manifest["episodes"]):
-        yield read_demo(dataset, index, entry)
+        yield read_demo(dataset, index, entry, manifest)

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from components.errors import ComponentError
 
 
@@ -61,3 +63,8 @@ def read_json(path: str | Path, what: str) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ComponentError(f"{what} {path} is not valid JSON: {exc}") from exc
+
+
+def validation_problems(exc: ValidationError) -> str:
+    """A pydantic error as one line: every field's dotted path and its problem."""
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}" for e in exc.errors())
