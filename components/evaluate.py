@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.console import Progress, log, run_cli
+from components.console import Progress, at_least, log, run_cli
 from components.errors import ComponentError
 from components.formats.files import atomic_output, read_json, write_json
 from components.formats.params import DEFAULT_PROPRIO, EvaluateParams, load_params
@@ -235,7 +235,8 @@ def evaluate(
                     write_video(row.pop("frames"), tmp / "videos" / f"{task}_seed{env_seed}.mp4")
                 rows.append(row)
                 bar.update(note=f"{sum(r['success_once'] for r in rows)} successes")
-            metrics = summarize(rows, task) | {"seconds": round(time.perf_counter() - started, 1)}
+            metrics = summarize(rows, task) | {"policy_sha256": policy.sha256}
+            metrics["seconds"] = round(time.perf_counter() - started, 1)
             metrics |= {"max_episode_steps": max_steps, "protocol": params.protocol}
             write_json(tmp / "episodes.json", rows)
             write_json(tmp / "metrics.json", metrics)
@@ -294,17 +295,21 @@ def evaluate_sharded(
 def merge(shards: list[Path], out: Path) -> dict[str, Any]:
     """Join shard folders of one task into one result (rows ordered by seed)."""
     rows: list[dict[str, Any]] = []
-    tasks = set()
+    tasks, policies = set(), set()
     for shard in shards:
         rows += read_json(shard / "episodes.json", "episode rows")
-        tasks.add(read_json(shard / "metrics.json", "shard metrics")["task"])
+        metrics = read_json(shard / "metrics.json", "shard metrics")
+        tasks.add(metrics.get("task"))
+        policies.add(metrics.get("policy_sha256"))
     if len(tasks) != 1:
-        raise ComponentError(f"shards hold different tasks {sorted(tasks)}")
+        raise ComponentError(f"shards hold different tasks {sorted(map(str, tasks))}")
+    if len(policies) != 1:
+        raise ComponentError(f"shards evaluated different policies {sorted(map(str, policies))}")
     rows.sort(key=lambda r: r["seed"])
     seeds = [r["seed"] for r in rows]
     if len(set(seeds)) != len(seeds):
         raise ComponentError("shards overlap: some seeds were evaluated twice")
-    metrics = summarize(rows, tasks.pop())
+    metrics = summarize(rows, tasks.pop()) | {"policy_sha256": policies.pop()}
     with atomic_output(out) as tmp:
         write_json(tmp / "episodes.json", rows)
         write_json(tmp / "metrics.json", metrics)
@@ -322,8 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--task", help="task to evaluate")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--dataset", type=Path, help="dataset folder whose manifest the model must match")
-    parser.add_argument("--seed-start", type=int, help="one shard by hand: its first env seed")
-    parser.add_argument("--episodes", type=int, help="one shard by hand: its number of episodes")
+    parser.add_argument("--seed-start", type=at_least(0), help="one shard by hand: its first env seed")
+    parser.add_argument("--episodes", type=at_least(1), help="one shard by hand: its number of episodes")
     parser.add_argument("--merge", nargs="+", type=Path, help="merge these shard folders into --out instead")
     parser.add_argument("--metrics", type=Path, help="also write the metrics JSON here (a DVC metrics file)")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")

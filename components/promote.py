@@ -4,8 +4,10 @@
     python -m components.promote --params params.yaml --rollback             # champion -> the previous one
     python -m components.promote --params params.yaml --version 5 --force --who alice --why "hotfix"
 
-The same checks as the gate apply (thresholds on every task's Wilson lower bound,
-no regression beyond the margin against the current champion). ``--force``
+The same checks as the gate apply to what the version recorded: every task of params
+has complete, finite evidence over at least ``gate.min_episodes`` episodes, its Wilson
+lower bound clears its threshold, and no task regresses beyond the margin against the
+current champion. ``--force``
 overrides failed checks and records who overrode, why and what failed as tags on
 the version. Only aliases and tags are used (MLflow stages are deprecated).
 """
@@ -47,7 +49,7 @@ def promote(
     candidate = registry.metrics(version)
     # A rollback is checked against thresholds only: it replaces the champion on purpose.
     against = None if rollback or champion in (None, version) else registry.metrics(champion)
-    decision = check_promotion(candidate, against, params.gate)
+    decision = check_promotion(candidate, against, params.gate, list(params.tasks))
     if not decision.promote and not force:
         raise PromotionRefusedError(
             f"version {version} not promoted: " + "; ".join(decision.reasons) + " (use --force --who --why to override)"

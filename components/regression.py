@@ -7,9 +7,12 @@ For every task, a regression is a fresh success rate below the lower end of the
 Wilson interval recorded on the champion's version when it was promoted (beyond the
 interval, not a dip inside the noise). The result is logged as an MLflow run and
 written as tags on the model version (``par.nightly.<task>.success_once``,
-``par.nightly.checked_at``). On a regression the command prints a message naming
-the task, the old and the new rates, calls the alert hook (always a log line; a JSON
-POST to ``--webhook-url`` when given) and exits 1.
+``par.nightly.checked_at``). Evidence that cannot be compared fails the same way as a
+drop: a task whose evaluation is missing, malformed, NaN or of another bundle than the
+champion's, or whose recorded rate is not a finite number. On either the command
+prints a message naming the task and the problem (for a drop, the old and the new
+rates), calls the alert hook (always a log line; a JSON POST to ``--webhook-url`` when
+given) and exits 1.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from typing import Any
 
 from components.console import log, run_cli
 from components.errors import ComponentError, RefusedError
-from components.formats.files import read_json, write_json
+from components.formats.evaluation import Evaluation, finite_rate, read_evaluation
+from components.formats.files import write_json
 from components.formats.params import load_params
 
 
@@ -34,19 +38,40 @@ class RegressionError(RefusedError):
     label = "regression"
 
 
-def find_regressions(recorded: dict[str, dict[str, float]], fresh: dict[str, dict[str, Any]]) -> list[str]:
+def find_regressions(
+    recorded: dict[str, dict[str, float]], fresh: dict[str, Evaluation], tasks: list[str]
+) -> list[str]:
+    """A message for every task of the run whose fresh success rate fell below the lower
+    end of the interval recorded at promotion, or whose record cannot be compared."""
     messages = []
-    for task, new in sorted(fresh.items()):
-        old = recorded.get(task)
-        if old is None:
-            messages.append(f"{task}: the champion recorded no success rate for this task")
-            continue
-        if new["success_once"] < old["wilson_low"]:
+    for task in tasks:
+        old, new = recorded.get(task, {}), fresh.get(task)
+        if new is None:
+            continue  # its evaluation's problem is reported already
+        if not (finite_rate(old.get("success_once")) and finite_rate(old.get("wilson_low"))):
+            messages.append(f"{task}: the champion recorded no valid success rate and interval for this task: {old}")
+        elif new.success_once < old["wilson_low"]:
             messages.append(
                 f"{task}: success_once fell from {old['success_once']:.3f} (recorded at promotion, 95% interval "
-                f"lower bound {old['wilson_low']:.3f}) to {new['success_once']:.3f} over {new['episodes']} episodes"
+                f"lower bound {old['wilson_low']:.3f}) to {new.success_once:.3f} over {new.episodes} episodes"
             )
     return messages
+
+
+def read_fresh(eval_root: Path, tasks: list[str], policy_sha256: str | None) -> tuple[dict[str, Evaluation], list[str]]:
+    """Every task's fresh evaluation of the champion, and what is wrong with the evidence:
+    a missing, malformed or non-finite evaluation, or one of another bundle."""
+    fresh, problems = {}, []
+    for task in tasks:
+        path = eval_root / task / "metrics.json"
+        try:
+            fresh[task] = read_evaluation(path, task)
+        except ComponentError as exc:
+            problems.append(f"{task}: no usable evidence: {exc}")
+            continue
+        if policy_sha256 and fresh[task].policy_sha256 != policy_sha256:
+            problems.append(f"{task}: {path} evaluated another bundle than the champion's")
+    return fresh, problems
 
 
 def alert(messages: list[str], webhook_url: str | None) -> None:
@@ -65,7 +90,7 @@ def alert(messages: list[str], webhook_url: str | None) -> None:
 
 
 def check(params_path: Path, eval_root: Path, webhook_url: str | None) -> dict[str, Any]:
-    from components.integrations.registry import Registry
+    from components.integrations.registry import POLICY_TAG, Registry, recorded_metrics
     from components.integrations.tracking import stage_run
 
     params = load_params(params_path)
@@ -73,17 +98,19 @@ def check(params_path: Path, eval_root: Path, webhook_url: str | None) -> dict[s
     version = registry.alias_version("champion")
     if version is None:
         raise ComponentError(f"model {params.gate.model_name!r} has no champion to check")
-    recorded = registry.metrics(version)
-    fresh = {task: read_json(eval_root / task / "metrics.json", f"{task} evaluation") for task in params.tasks}
-    messages = find_regressions(recorded, fresh)
+    tags = registry.tags(version)
+    recorded = recorded_metrics(tags)
+    fresh, messages = read_fresh(eval_root, list(params.tasks), tags.get(POLICY_TAG))
+    messages += find_regressions(recorded, fresh, list(params.tasks))
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with stage_run("nightly-eval", params_path, tags={"par.champion_version": version}):
         import mlflow
 
         for task, m in fresh.items():
-            mlflow.log_metric(f"{task}.success_once", m["success_once"])
-            mlflow.log_metric(f"{task}.recorded_success_once", recorded.get(task, {}).get("success_once", -1))
-            registry.set_tag(version, f"par.nightly.{task}.success_once", str(m["success_once"]))
+            mlflow.log_metric(f"{task}.success_once", m.success_once)
+            if finite_rate(recorded.get(task, {}).get("success_once")):
+                mlflow.log_metric(f"{task}.recorded_success_once", recorded[task]["success_once"])
+            registry.set_tag(version, f"par.nightly.{task}.success_once", str(m.success_once))
         mlflow.log_metric("regressed", float(bool(messages)))
     registry.set_tag(version, "par.nightly.checked_at", stamp)
     registry.set_tag(version, "par.nightly.status", "regressed" if messages else "ok")
@@ -92,7 +119,7 @@ def check(params_path: Path, eval_root: Path, webhook_url: str | None) -> dict[s
         "version": version,
         "checked_at": stamp,
         "regressions": messages,
-        "fresh": fresh,
+        "fresh": {task: m.model_dump() for task, m in fresh.items()},
         "recorded": recorded,
     }
     if messages:

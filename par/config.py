@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are no configuration: every comparison with NaN is false.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DiffusionConfig(_Frozen):
@@ -149,7 +150,7 @@ class ModelConfig(_Frozen):
 
 
 class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     steps: PositiveInt = 1000
     batch_size: PositiveInt = 32

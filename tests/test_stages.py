@@ -75,6 +75,9 @@ def covered(path: Path, deps: tuple[str, ...]) -> bool:
 
 
 STAGES = load_stages()
+# Code a stage reads as a file rather than importing it: the gate logs this file as the
+# MLflow model's code (models-from-code), so it is part of what the stage writes.
+READ_AS_FILES = {"gate": {"components/integrations/policy_model.py"}}
 
 
 def _within(dep: str, output: str) -> bool:
@@ -87,7 +90,8 @@ def _within(dep: str, output: str) -> bool:
 @pytest.mark.parametrize("name", list(STAGES))
 def test_every_module_a_stage_imports_is_a_dependency(name):
     stage = STAGES[name]
-    missing = sorted(str(p.relative_to(ROOT)) for p in project_imports(stage.module) if not covered(p, stage.deps))
+    needed = project_imports(stage.module) | {ROOT / f for f in READ_AS_FILES.get(name, set())}
+    missing = sorted(str(p.relative_to(ROOT)) for p in needed if not covered(p, stage.deps))
     assert not missing, f"dvc.yaml stage {name!r} imports these project files but does not list them in deps: {missing}"
 
 
@@ -100,7 +104,10 @@ def test_every_dependency_exists_and_is_used(name):
     for dep in stage.deps:
         if dep.split("/")[0] in PACKAGES:
             assert (ROOT / dep).exists(), f"{name}: dep {dep} does not exist"
-            assert any(p == ROOT / dep or ROOT / dep in p.parents for p in imported), f"{name}: {dep} is not imported"
+            used = dep in READ_AS_FILES.get(name, set()) or any(
+                p == ROOT / dep or ROOT / dep in p.parents for p in imported
+            )
+            assert used, f"{name}: {dep} is not imported"
         else:
             assert any(_within(dep, p) for p in produced), f"{name}: {dep} is no stage's output"
 

@@ -8,7 +8,7 @@ work starts.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -17,8 +17,8 @@ from components.errors import ComponentError
 from par.config import TrainConfig
 
 HAND_CAMERA_ROBOT = "panda_wristcam"
-# collect's per-task maps: their keys must be listed tasks.
-BY_TASK = ("demos_by_task", "camera_by_task")
+# Per-task mappings (section, key): their keys must be listed tasks.
+BY_TASK = (("collect", "demos_by_task"), ("collect", "camera_by_task"), ("gate", "min_wilson_low"))
 # What a proprio vector can hold (components.integrations.maniskill.proprio_of), and what it holds by
 # default: also the layout of manifests and policies that do not record one.
 ProprioPart = Literal["qpos", "goal_pos", "tcp_to_goal"]
@@ -35,7 +35,9 @@ def _distinct(values: list[str], what: str, noun: str) -> list[str]:
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are refused everywhere: every comparison with NaN is false, so a
+    # NaN threshold would pass every check.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class CameraParams(Section):
@@ -250,13 +252,19 @@ class ScoreParams(Section):
     videos: int = Field(default=2, ge=0)  # side-by-side videos a task
 
 
+Rate = Annotated[float, Field(ge=0, le=1)]
+
+
 class GateParams(Section):
-    model_name: str = "par-policy"
-    # A task passes when the lower end of its success_once Wilson 95% interval clears this.
-    min_wilson_low: dict[str, float] = {"PushCube-v1": 0.85}
-    default_min_wilson_low: float = Field(default=0.5, ge=0, le=1)
+    model_name: str = Field(default="par-policy", min_length=1)
+    # A task passes when the lower end of its success_once Wilson 95% interval clears
+    # this; keys must be tasks of the run (a misspelt one is an error, not the default).
+    min_wilson_low: dict[str, Rate] = {}
+    default_min_wilson_low: Rate = 0.5
     # The candidate may fall at most this far below the champion's success_once on any task.
-    max_regression: float = Field(default=0.05, ge=0, le=1)
+    max_regression: Rate = 0.05
+    # Evaluations over fewer episodes are no evidence (the paper's protocol: 125 a task).
+    min_episodes: PositiveInt = 125
     # Exit non-zero when the gate refuses to promote (otherwise the refusal is reported only).
     fail_on_refusal: bool = False
 
@@ -284,15 +292,24 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _by_task_of_listed_tasks(self) -> Params:
-        for key in BY_TASK:
-            unknown = sorted(set(getattr(self.collect, key)) - set(self.tasks))
+        for section, key in BY_TASK:
+            unknown = sorted(set(getattr(getattr(self, section), key)) - set(self.tasks))
             if unknown:
-                raise ValueError(f"collect.{key} names {unknown}, which tasks {self.tasks} does not list")
+                raise ValueError(f"{section}.{key} names {unknown}, which tasks {self.tasks} does not list")
         return self
 
     @property
     def validate_params(self) -> ValidateParams:
         return self.validate_
+
+
+def drop_tasks(data: dict[str, Any], tasks: set[str]) -> None:
+    """Remove ``tasks``' entries from the per-task mappings of raw params ``data``
+    (when a run leaves tasks out; a name no run lists stays, to be refused by name)."""
+    for section, key in BY_TASK:
+        entries = (data.get(section) or {}).get(key)
+        if entries:
+            data[section][key] = {t: v for t, v in entries.items() if t not in tasks}
 
 
 class ParamsError(ComponentError, ValueError):

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import mlflow.pyfunc
-import pandas as pd
 
 from components.errors import ComponentError
+from components.formats.evaluation import RECORDED, Evaluation, finite_rate
 from components.formats.params import GateParams
 from components.formats.policy import Policy, load_policy
 
-METRIC_KEYS = ("success_once", "success_at_end", "wilson_low", "wilson_high", "episodes")
+POLICY_TAG = "par.policy_sha256"  # the content hash of the registered bundle
 
 
 def _mlflow():
@@ -53,63 +51,38 @@ def resolve_policy(uri: str) -> Policy:
     return load_policy(path)
 
 
-class PolicyModel(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper of a policy bundle (a history-free first decision).
-
-    ``predict`` takes a DataFrame with columns ``task`` (str), ``frame`` (H x W x 3
-    uint8, nested lists or arrays) and ``proprio``; it returns the first action chunk of
-    each row. Closed-loop control with the KV-cache is the evaluate stage's job.
-    """
-
-    def load_context(self, context: Any) -> None:
-        self.policy = load_policy(context.artifacts["policy"])
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        import numpy as np
-        import torch
-
-        from par.sampling import rollout_for
-
-        out = []
-        for row in model_input.itertuples():
-            frame = np.asarray(row.frame, dtype=np.uint8)[None]
-            rollout = rollout_for(self.policy.model, torch.tensor([self.policy.task_id(row.task)]))
-            proprio = np.asarray(row.proprio, dtype=np.float32)[None]
-            use_q = self.policy.model.config.proprio_dim
-            rollout.observe(self.policy.encode_frames(frame), self.policy.normalize_proprio(proprio) if use_q else None)
-            out.append(self.policy.denormalize_actions(rollout.sample_actions()[0]).tolist())
-        return pd.DataFrame({"actions": out})
-
-
 def log_policy_model(policy_dir: Path) -> str:
-    """Log the bundle as a pyfunc model in the active run; return its model URI."""
+    """Log the bundle as a pyfunc model in the active run; return its model URI. The
+    model is logged as code (MLflow's models-from-code: the file policy_model.py, not a
+    pickled object), so loading it from the registry unpickles nothing."""
     mlflow = _mlflow()
     info = mlflow.pyfunc.log_model(
         name="policy",
-        python_model=PolicyModel(),
+        python_model=str(Path(__file__).with_name("policy_model.py")),
         artifacts={"policy": str(policy_dir)},
         pip_requirements=["torch", "diffusers", "safetensors", "pydantic>=2", "pandas", "numpy<2"],
     )
     return info.model_uri
 
 
-def version_tags(metrics: dict[str, dict[str, Any]]) -> dict[str, str]:
-    tags = {}
-    for task, m in metrics.items():
-        for key in METRIC_KEYS:
-            if key in m:
-                tags[f"par.{task}.{key}"] = str(m[key])
-    tags["par.tasks"] = ",".join(metrics)
-    return tags
+def version_tags(evaluations: dict[str, Evaluation], policy_sha256: str) -> dict[str, str]:
+    """What a version records of its evidence: every task's rates, the bundle's hash."""
+    tags = {f"par.{task}.{key}": str(getattr(e, key)) for task, e in evaluations.items() for key in RECORDED}
+    return tags | {"par.tasks": ",".join(evaluations), POLICY_TAG: policy_sha256}
 
 
 def recorded_metrics(tags: dict[str, str]) -> dict[str, dict[str, float]]:
-    """Inverse of :func:`version_tags`."""
+    """Inverse of :func:`version_tags`; a value that is not a number reads as NaN, which
+    every check refuses."""
     out: dict[str, dict[str, float]] = {}
     for key, value in tags.items():
         parts = key.split(".")
-        if len(parts) >= 3 and parts[0] == "par" and parts[-1] in METRIC_KEYS:
-            out.setdefault(".".join(parts[1:-1]), {})[parts[-1]] = float(value)
+        if len(parts) >= 3 and parts[0] == "par" and parts[-1] in RECORDED:
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            out.setdefault(".".join(parts[1:-1]), {})[parts[-1]] = number
     return out
 
 
@@ -120,21 +93,47 @@ class Decision:
     checks: list[str] = field(default_factory=list)  # every check, passed or not
 
 
+def evidence_problems(metrics: dict[str, float] | None, gate: GateParams, whose: str) -> list[str]:
+    """Why ``metrics`` (one task's recorded or fresh rates) cannot be decided on, if so."""
+    if not metrics:
+        return [f"{whose} has no evaluation"]
+    problems = [f"{whose} {key} is missing" for key in RECORDED if key not in metrics]
+    problems += [
+        f"{whose} {key} is {metrics[key]}, not a number in [0, 1]"
+        for key in RECORDED[:-1]
+        if key in metrics and not finite_rate(metrics[key])
+    ]
+    episodes = metrics.get("episodes", math.nan)
+    if "episodes" in metrics and not (math.isfinite(episodes) and episodes >= gate.min_episodes):
+        problems.append(f"{whose} covers {episodes} episodes, fewer than gate.min_episodes {gate.min_episodes}")
+    return problems
+
+
 def check_promotion(
-    candidate: dict[str, dict[str, float]], champion: dict[str, dict[str, float]] | None, gate: GateParams
+    candidate: dict[str, dict[str, float]],
+    champion: dict[str, dict[str, float]] | None,
+    gate: GateParams,
+    tasks: list[str],
 ) -> Decision:
-    """Every task's Wilson lower bound clears its threshold, and no task regresses
-    below the champion's success_once by more than ``gate.max_regression``."""
+    """Every task of the run has complete, finite evidence; its Wilson lower bound clears
+    its threshold; and it falls no more than ``gate.max_regression`` below the
+    champion's success_once (whose record must be finite too)."""
     decision = Decision(promote=True)
-    if not candidate:
-        return Decision(False, ["the candidate has no evaluation metrics"])
-    for task, m in sorted(candidate.items()):
+    for task in tasks:
+        problems = evidence_problems(candidate.get(task), gate, f"{task}: the candidate")
+        if champion is not None:
+            problems += evidence_problems(champion.get(task), gate.model_copy(update={"min_episodes": 1}),
+                                          f"{task}: the champion")  # fmt: skip
+        decision.reasons += problems
+        if problems:
+            continue
+        m = candidate[task]
         need = gate.min_wilson_low.get(task, gate.default_min_wilson_low)
         line = f"{task}: wilson_low {m['wilson_low']:.3f} vs threshold {need:.3f}"
         decision.checks.append(line)
         if m["wilson_low"] < need:
             decision.reasons.append(f"{line} (success_once {m['success_once']:.3f} over {int(m['episodes'])})")
-        if champion and task in champion:
+        if champion is not None:
             old = champion[task]["success_once"]
             line = f"{task}: success_once {m['success_once']:.3f} vs champion {old:.3f} (margin {gate.max_regression})"
             decision.checks.append(line)
@@ -144,29 +143,59 @@ def check_promotion(
     return decision
 
 
+def _missing(exc: Exception) -> bool:
+    """MLflow's answer for a model, version or alias that does not exist (any other
+    error, a server or network failure, is not an answer and propagates)."""
+    code = getattr(exc, "error_code", "")
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in str(exc))
+
+
 class Registry:
-    """Versions, tags and aliases of one registered model."""
+    """Versions, tags and aliases of one registered model. Errors of the registry
+    propagate (MLflow's client already retries what can be retried); only "there is
+    no such alias / version" is an answer."""
 
     def __init__(self, name: str) -> None:
         self.mlflow = _mlflow()
         self.client = self.mlflow.MlflowClient()
         self.name = name
 
-    def register(self, model_uri: str, tags: dict[str, str]) -> str:
+    def register(self, model_uri: str, tags: dict[str, str], description: str = "") -> str:
         version = self.mlflow.register_model(model_uri, self.name, tags=tags)
+        if description:
+            self.client.update_model_version(self.name, str(version.version), description=description)
         return str(version.version)
 
+    def delete(self, version: str) -> None:
+        self.client.delete_model_version(self.name, version)
+
     def alias_version(self, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
         try:
             return str(self.client.get_model_version_by_alias(self.name, alias).version)
-        except Exception:  # no such alias (or model) yet
-            return None
+        except MlflowException as exc:
+            if _missing(exc):
+                return None
+            raise
+
+    def set_alias(self, alias: str, version: str | None) -> None:
+        """Point ``alias`` at ``version`` (None: remove it), with no record (a rollback of a failed step)."""
+        if version is None:
+            if self.alias_version(alias) is not None:
+                self.client.delete_registered_model_alias(self.name, alias)
+        else:
+            self.client.set_registered_model_alias(self.name, alias, version)
 
     def tags(self, version: str) -> dict[str, str]:
+        from mlflow.exceptions import MlflowException
+
         try:
             return dict(self.client.get_model_version(self.name, version).tags)
-        except Exception as exc:
-            raise ComponentError(f"model {self.name!r} has no version {version!r}: {exc}") from exc
+        except MlflowException as exc:
+            if _missing(exc):
+                raise ComponentError(f"model {self.name!r} has no version {version!r}") from exc
+            raise
 
     def metrics(self, version: str) -> dict[str, dict[str, float]]:
         return recorded_metrics(self.tags(version))

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from components.collect import collect_task
-from components.formats.params import BY_TASK, load_params
+from components.formats.params import drop_tasks, load_params
 
 TASKS = ["PushCube-v1", "PickCube-v1", "StackCube-v1"]
 
@@ -18,13 +18,11 @@ SMOKE_PROFILE = ROOT / "profiles" / "smoke.yaml"
 
 
 def write_params(path: Path, **sections) -> Path:
-    """The smoke profile with some sections replaced; collect's per-task entries of tasks
-    a replaced ``tasks`` leaves out go with them (as the trigger form's do)."""
+    """The smoke profile with some sections replaced; per-task entries of tasks a
+    replaced ``tasks`` leaves out go with them (as the trigger form's do)."""
     data = yaml.safe_load(SMOKE_PROFILE.read_text())
     data.update(sections)
-    for key in BY_TASK:
-        entries = data["collect"].get(key, {})
-        data["collect"][key] = {task: value for task, value in entries.items() if task in data["tasks"]}
+    drop_tasks(data, {t for t in TASKS if t not in data["tasks"]})
     path.write_text(yaml.safe_dump(data))
     return path
 

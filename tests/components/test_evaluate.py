@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from components.evaluate import evaluate, evaluate_sharded, merge, protocol_seeds, shard_plan
 from components.formats.params import EvaluateParams, load_params
-from components.formats.policy import load_policy
+from components.formats.policy import bundle_sha256, load_policy
 from components.ml.metrics import wilson_interval
 from tests.cli import run_module
 
@@ -31,6 +31,7 @@ def test_closed_loop_evaluation_writes_rows_metrics_and_video(policy_dir, smoke_
     assert all(r["steps"] == params.evaluate.max_episode_steps["PushCube-v1"] for r in rows)
     assert metrics["episodes"] == 2 and 0 <= metrics["wilson_low"] <= metrics["success_once"] <= metrics["wilson_high"]
     assert len(list((tmp_path / "eval" / "videos").glob("*.mp4"))) == 1
+    assert metrics["policy_sha256"] == bundle_sha256(policy_dir)  # which policy this is evidence of
 
 
 def test_sharded_evaluation_gives_the_serial_results(policy_dir, smoke_params, tmp_path):

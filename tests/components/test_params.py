@@ -43,6 +43,22 @@ def test_repository_params_and_profiles_are_valid():
         ("collect: {camera_by_task: {PushCube-v1: {eye: [0, 0, 1]}}}\n", "collect.camera_by_task.PushCube-v1.target"),
         ("collect: {camera_by_task: {PushCube-v1: {eye: [1, 0, 1], target: [1, 0, 1]}}}\n", "no direction"),
         ("collect: {camera_by_task: {PushCube-v1: {eye: [1, 0, 1], target: [0, 0, 0], width: 9}}}\n", "v1.width"),
+        # The gate's thresholds: tasks of the run, finite numbers in [0, 1].
+        ("gate: {min_wilson_low: {Pushcube-v1: 0.9}}\n", "gate.min_wilson_low names ['Pushcube-v1'], which tasks"),
+        ("gate: {min_wilson_low: {PushCube-v1: .nan}}\n", "gate.min_wilson_low.PushCube-v1"),
+        ("gate: {min_wilson_low: {PushCube-v1: 1.2}}\n", "gate.min_wilson_low.PushCube-v1"),
+        ("gate: {min_wilson_low: {PushCube-v1: high}}\n", "gate.min_wilson_low.PushCube-v1"),
+        ("gate: {default_min_wilson_low: .inf}\n", "gate.default_min_wilson_low"),
+        ("gate: {max_regression: -0.1}\n", "gate.max_regression"),
+        ("gate: {max_regression: .nan}\n", "gate.max_regression"),
+        ("gate: {min_episodes: 0}\n", "gate.min_episodes"),
+        ("gate: {model_name: ''}\n", "gate.model_name"),
+        ("validate: {max_saturated_fraction: .nan}\n", "validate.max_saturated_fraction"),
+        ("encode: {vae: {kl_weight: .inf}}\n", "encode.vae.kl_weight"),
+        ("collect: {camera: {eye: [.nan, 0, 1], target: [0, 0, 0]}}\n", "collect.camera.eye"),
+        ("train: {lr: .nan}\n", "train.lr"),
+        ("train: {min_lr_ratio: .inf}\n", "train.min_lr_ratio"),
+        ("train: {weight_decay: .inf}\n", "train.weight_decay"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):
