@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,22 @@ def gather_evidence(params: Params, policy_dir: Path, eval_root: Path) -> tuple[
     if problems:
         raise ComponentError("no version registered: " + "; ".join(problems))
     return policy, evaluations
+
+
+SCORE_KEYS = ("psnr", "ssim", "action_mae")
+
+
+def read_score(path: Path) -> dict[str, float]:
+    """The video-prediction means the version records (score.json), each a finite number."""
+    score = read_json(path, "score metrics")
+    if not isinstance(score, dict):
+        raise ComponentError(f"score metrics {path} must hold a JSON object, not {type(score).__name__}")
+    bad = [k for k in SCORE_KEYS if k in score and not (isinstance(score[k], int | float) and math.isfinite(score[k]))]
+    if bad:
+        raise ComponentError(
+            f"score metrics {path}: {', '.join(f'{k} is {score[k]!r}' for k in bad)}, not finite numbers"
+        )
+    return {k: float(score[k]) for k in SCORE_KEYS if k in score}
 
 
 def model_card(params: Params, policy: Policy, evaluations: dict[str, Evaluation], decision: Any, score: dict) -> str:
@@ -118,7 +135,7 @@ def gate(params_path: Path, policy_dir: Path, eval_root: Path, score_path: Path 
 
     params = load_params(params_path)
     policy, evaluations = gather_evidence(params, policy_dir, eval_root)
-    score = read_json(score_path, "score metrics") if score_path else {}
+    score = read_score(score_path) if score_path else {}
     registry = Registry(params.gate.model_name)
     champion = registry.alias_version("champion")
     recorded = registry.metrics(champion) if champion else None
@@ -128,7 +145,7 @@ def gate(params_path: Path, policy_dir: Path, eval_root: Path, score_path: Path 
         import mlflow
 
         tags = version_tags(evaluations, policy.sha256) | {"par.run_id": run.info.run_id}
-        tags |= {f"par.score.{key}": str(score[key]) for key in ("psnr", "ssim", "action_mae") if key in score}
+        tags |= {f"par.score.{key}": str(value) for key, value in score.items()}
         card = model_card(params, policy, evaluations, decision, score)
         version = publish(registry, log_policy_model(policy_dir), tags, card, decision.promote)
         result = {

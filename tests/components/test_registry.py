@@ -279,6 +279,19 @@ def test_a_bundle_that_cannot_load_or_act_is_not_registered(planted_champion, po
     assert Registry("par-planted").alias_version("champion") == "1"
 
 
+@pytest.mark.parametrize("score", ['{"psnr": NaN}', '{"ssim": "0.7"}', "[1, 2]", "{"])
+def test_a_broken_score_file_is_named_and_registers_nothing(planted_champion, policy_dir, tmp_path, score):
+    registry = Registry("par-planted")
+    versions = len(registry.client.search_model_versions("name = 'par-planted'"))
+    (tmp_path / "score.json").write_text(score)
+    args = ["--params", str(planted_champion), "--policy", str(policy_dir), "--eval-root"]
+    args += [str(_eval_root(tmp_path, RATES, policy_dir)), "--score", str(tmp_path / "score.json")]
+    result = run_module("components.gate", *args, "--out", str(tmp_path / "g.json"))
+    assert result.returncode == 2 and "score.json" in result.stderr, result.stderr
+    assert len(registry.client.search_model_versions("name = 'par-planted'")) == versions
+    assert registry.alias_version("champion") == "1"
+
+
 def test_a_policy_acting_nan_is_not_registered(planted_champion, policy_dir, tmp_path):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
