@@ -1,13 +1,15 @@
 """encode: fit (or load) a diffusers AutoencoderKL and encode every frame to latents.
 
     python -m components.encode --params params.yaml --demos-root data/demos \\
-        --validation-root data/validation --out data/encoded \\
+        --videos data/videos --validation-root data/validation --out data/encoded \\
         --metrics metrics/encode.json --plot plots/encode_recon.png
 
 The last ``encode.holdout_episodes`` episodes of every task are held out: the VAE
 never trains on them, reconstruction PSNR/SSIM are measured on them, and later
-stages use them for video-prediction scoring. Latents are the posterior means,
-normalised per channel with statistics of the training frames. The output folder's
+stages use them for video-prediction scoring. The video corpus's clips (``--videos``)
+are VAE training frames too, and are encoded beside the demos for pretraining. Latents
+are the posterior means, normalised per channel with statistics of the demos' training
+frames. The output folder's
 layout is components.formats.latents'.
 """
 
@@ -22,9 +24,10 @@ import numpy as np
 
 from components.console import log, run_cli
 from components.errors import ComponentError
+from components.formats.corpus import iter_clips, read_corpus_manifest
 from components.formats.dataset import Demo, iter_demos, read_manifest
 from components.formats.files import atomic_output, read_json, write_json
-from components.formats.latents import write_encoded
+from components.formats.latents import Corpus, write_encoded
 from components.formats.params import EncodeParams, load_params
 from components.formats.plots import save_grid
 from components.ml.metrics import psnr, ssim
@@ -71,22 +74,45 @@ def reconstruction(vae: Any, frames: np.ndarray, batch_size: int, plot_path: Pat
     }
 
 
+def read_videos(videos: Path | None, frame_shape: list[int]) -> tuple[list[dict], list[np.ndarray]]:
+    """The corpus's clip entries and frames (none without ``videos``); its frames must
+    have the demos' shape."""
+    if videos is None:
+        return [], []
+    manifest = read_corpus_manifest(videos)
+    if manifest["clips"] and list(manifest["frame_shape"]) != list(frame_shape):
+        raise ComponentError(
+            f"video corpus {videos} has frames of shape {manifest['frame_shape']}, the demos {list(frame_shape)}"
+        )
+    return manifest["clips"], [clip.frames for clip in iter_clips(videos, manifest)]
+
+
 def encode(
-    datasets: list[Path], params: EncodeParams, out: Path, metrics_path: Path, plot_path: Path, progress: bool = True
+    datasets: list[Path],
+    params: EncodeParams,
+    out: Path,
+    metrics_path: Path,
+    plot_path: Path,
+    progress: bool = True,
+    videos: Path | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     manifests, demos, holdout = read_datasets(datasets, params.holdout_episodes)
+    clips, clip_frames = read_videos(videos, manifests[0]["frame_shape"])
     train_frames = np.concatenate([d.frames for task, eps in demos.items() for d in eps[: len(eps) - holdout[task]]])
     test_frames = [d.frames for task, eps in demos.items() for d in eps[len(eps) - holdout[task] :]]
-    vae = _vae(train_frames, list(demos), params, progress)
+    vae = _vae(
+        np.concatenate([train_frames, *clip_frames]), list(demos) + ["the video corpus"] * bool(clips), params, progress
+    )
     vae_seconds = time.perf_counter() - started
 
     encode_started = time.perf_counter()
     raw = {task: [encode_frames(vae, d.frames, params.batch_size) for d in eps] for task, eps in demos.items()}
-    n_frames = sum(len(z) for eps in raw.values() for z in eps)
+    corpus = Corpus(clips, [encode_frames(vae, frames, params.batch_size) for frames in clip_frames])
+    n_frames = sum(len(z) for eps in raw.values() for z in eps) + sum(len(z) for z in corpus.latents)
     fps = n_frames / (time.perf_counter() - encode_started)
     with atomic_output(out) as tmp:
-        stats = write_encoded(tmp, vae, manifests, demos, raw, holdout)
+        stats = write_encoded(tmp, vae, manifests, demos, raw, holdout, corpus)
 
     # Reconstruction of held-out episodes (or of training frames when none is held out).
     eval_frames = np.concatenate(test_frames) if test_frames else train_frames[:256]
@@ -95,6 +121,8 @@ def encode(
         "eval_frames": len(eval_frames),
         "eval_on": "held-out episodes" if test_frames else "training frames (no episode held out)",
         "latent_shape": stats["latent_shape"],
+        "corpus_clips": stats["corpus"]["clips"],
+        "corpus_frames": stats["corpus"]["frames"],
         "encode_frames_per_s": round(fps, 1),
         "vae_seconds": round(vae_seconds, 1),
     }
@@ -121,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (section encode)")
     parser.add_argument("--demos", nargs="+", type=Path, help="dataset folders from collect")
     parser.add_argument("--demos-root", type=Path, help="folder of datasets, one per task of params `tasks`")
+    parser.add_argument("--videos", type=Path, help="the video corpus (components.videos), if any")
     parser.add_argument(
         "--validation-root", type=Path, help="folder of validate's results; encode refuses data that failed"
     )
@@ -134,8 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give either --demos or --demos-root")
     datasets = args.demos or [args.demos_root / task for task in params.tasks]
     if args.validation_root:
-        require_validated(datasets, args.validation_root)
-    encode(datasets, params.encode, args.out, args.metrics, args.plot, progress=not args.no_progress)
+        require_validated(datasets + ([args.videos] if args.videos else []), args.validation_root)
+    encode(datasets, params.encode, args.out, args.metrics, args.plot, not args.no_progress, args.videos)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,12 @@
-"""validate: Great Expectations suites over a collected dataset.
+"""validate: Great Expectations suites over a collected dataset, or the video corpus.
 
     python -m components.validate --params params.yaml --dataset data/demos/PushCube-v1 \\
         --out data/validation/PushCube-v1
+    python -m components.validate --params params.yaml --dataset data/videos --out data/validation/videos
+
+A video corpus (components.videos) gets its own suite, one row a clip: readable, frames
+only (no actions), length within videos.min_frames..max_frames, not blank, not frozen;
+and its camera must be the demos'.
 
 One row per episode (frame shape, dtype and pixel statistics, NaN/Inf counts,
 action-bound violations, lengths, success, manifest agreement), checked by an
@@ -18,10 +23,6 @@ Output folder (written whether the suite passes or not, atomically)::
 from __future__ import annotations
 
 import argparse
-import logging
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,12 @@ import numpy as np
 
 from components.console import log, run_cli
 from components.errors import ComponentError, RefusedError
+from components.formats.corpus import FORMAT as CORPUS_FORMAT
+from components.formats.corpus import read_clip, read_corpus_manifest
 from components.formats.dataset import read_demo, read_manifest
-from components.formats.files import atomic_output, write_json
-from components.formats.params import CollectParams, ValidateParams, load_params
+from components.formats.files import atomic_output, read_json, write_json
+from components.formats.params import CollectParams, Params, ValidateParams, VideosParams, load_params
+from components.integrations.expectations import run_suite
 
 
 class ValidationFailedError(RefusedError):
@@ -140,88 +144,43 @@ def dataset_problems(manifest: dict[str, Any], collect: CollectParams, rows: lis
     return problems
 
 
-def run_suite(dataset: Path, manifest: dict, rows: list[dict], suite_fn, out_docs: Path) -> dict[str, Any]:
-    """Run the suite on the episode table with Great Expectations; build data docs."""
-    import pandas as pd
-
-    logging.getLogger("great_expectations").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", module="great_expectations")
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
-
-    frame = pd.DataFrame(rows)
-    for column in ("seed", "steps"):
-        if column not in frame:
-            frame[column] = -1
-    with tempfile.TemporaryDirectory() as project:
-        context = gx.get_context(mode="file", project_root_dir=project)
-        context.variables.progress_bars = ProgressBarsConfig(globally=False)  # one log line is enough
-        source = context.data_sources.add_pandas(f"{manifest['task']}_dataset")
-        batch = source.add_dataframe_asset("episodes").add_batch_definition_whole_dataframe("all episodes")
-        suite = context.suites.add(suite_fn(gx, len(frame)))
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=f"{manifest['task']} episodes", data=batch, suite=suite)
-        )
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name="validate",
-                validation_definitions=[definition],
-                actions=[gx.checkpoint.UpdateDataDocsAction(name="data_docs")],
-                result_format={"result_format": "COMPLETE", "unexpected_index_column_names": ["episode"]},
-            )
-        )
-        result = checkpoint.run(batch_parameters={"dataframe": frame.astype(object).where(frame.notna(), None)})
-        site = Path(project) / "gx" / "uncommitted" / "data_docs" / "local_site"
-        if site.is_dir():
-            shutil.copytree(site, out_docs)
-    report = []
-    for run in result.run_results.values():
-        for item in run.results:
-            config = item.expectation_config
-            failing = [u.get("episode") for u in item.result.get("unexpected_index_list") or []]
-            report.append(
-                {
-                    "expectation": config.type,
-                    "column": config.kwargs.get("column"),
-                    "kwargs": {k: v for k, v in config.kwargs.items() if k not in ("column", "batch_id")},
-                    "success": bool(item.success),
-                    "failing_episodes": failing,
-                    "observed": item.result.get("observed_value"),
-                }
-            )
-    return {"success": bool(result.success), "expectations": report}
-
-
 def validate(dataset: Path, params: ValidateParams, collect: CollectParams, out: Path) -> dict[str, Any]:
     manifest = read_manifest(dataset)
     rows = episode_rows(dataset, manifest, params)
     with atomic_output(out) as tmp:
-        result = run_suite(
-            dataset, manifest, rows, lambda gx, n: build_suite(gx, manifest, params, collect, n), tmp / "data_docs"
-        )
+        suite = lambda gx, n: build_suite(gx, manifest, params, collect, n)  # noqa: E731
+        result = run_suite(manifest["task"], rows, suite, tmp / "data_docs", "episode", fill=("seed", "steps"))
         problems = dataset_problems(manifest, collect, rows)
-        errors = {r["episode"]: r["error"] for r in rows if not r["readable"]}
-        summary = {
-            "dataset": str(dataset),
-            "task": manifest["task"],
-            "success": result["success"] and not problems,
-            "episodes": len(rows),
-            "dataset_problems": problems,
-            "unreadable_episodes": errors,
-            "expectations": result["expectations"],
-        }
+        summary = {"task": manifest["task"]} | _summary(dataset, "episode", rows, result, problems)
         write_json(tmp / "results.json", summary)
+    return _verdict(manifest["task"], summary, "episode", out)
+
+
+def _summary(dataset: Path, unit: str, rows: list[dict], result: dict, problems: list[str]) -> dict[str, Any]:
+    """results.json's fields: the verdict, the rows (episodes or clips) and what failed."""
+    return {
+        "dataset": str(dataset),
+        "success": result["success"] and not problems,
+        f"{unit}s": len(rows),
+        "dataset_problems": problems,
+        f"unreadable_{unit}s": {r[unit]: r["error"] for r in rows if not r["readable"]},
+        "expectations": result["expectations"],
+    }
+
+
+def _verdict(name: str, summary: dict[str, Any], unit: str, out: Path) -> dict[str, Any]:
+    """Log what was met, or raise naming every failed expectation and its rows."""
     failed = [e for e in summary["expectations"] if not e["success"]]
     total = len(summary["expectations"])
-    lines = [f"{manifest['task']}: {total - len(failed)}/{total} expectations met"]
+    lines = [f"{name}: {total - len(failed)}/{total} expectations met"]
     for item in failed:
         where = f"column {item['column']}" if item["column"] else "table"
-        episodes = item["failing_episodes"]
-        detail = f"episodes {episodes[:20]}" if episodes else f"observed {item['observed']}"
+        rows = item[f"failing_{unit}s"]
+        detail = f"{unit}s {rows[:20]}" if rows else f"observed {item['observed']}"
         lines.append(f"  FAILED {item['expectation']} on {where} ({item['kwargs']}): {detail}")
-    for index, error in errors.items():
-        lines.append(f"  episode {index}: {error}")
-    for problem in problems:
+    for index, error in summary[f"unreadable_{unit}s"].items():
+        lines.append(f"  {unit} {index}: {error}")
+    for problem in summary["dataset_problems"]:
         lines.append(f"  FAILED dataset check: {problem}")
     text = "\n".join(lines)
     if not summary["success"]:
@@ -231,14 +190,83 @@ def validate(dataset: Path, params: ValidateParams, collect: CollectParams, out:
     return summary
 
 
+def clip_rows(corpus: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row of facts per clip of a video corpus; unreadable clips get ``readable = False``."""
+    rows = []
+    for index, entry in enumerate(manifest["clips"]):
+        row: dict[str, Any] = {"clip": index, "file": entry["file"], "source": entry["source"], "readable": True}
+        try:
+            frames = read_clip(corpus, index, manifest).frames
+            with np.load(corpus / entry["file"], allow_pickle=False) as data:
+                arrays = sorted(data.files)
+        except ComponentError as exc:
+            rows.append(row | {"readable": False, "error": str(exc)})
+            continue
+        moving = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3)) > 1.0
+        rows.append(
+            row
+            | {
+                "error": "",
+                "frames": len(frames),
+                "frame_std": float(frames.std()),
+                "moving_fraction": float(moving.mean()),
+                "arrays": ",".join(arrays),
+            }
+        )
+    return rows
+
+
+def build_corpus_suite(gx: Any, params: VideosParams, n_rows: int) -> Any:
+    E = gx.expectations
+    expectations = [
+        E.ExpectColumnValuesToBeInSet(column="readable", value_set=[True]),
+        E.ExpectColumnValuesToBeInSet(column="arrays", value_set=["frames"]),  # no actions
+        E.ExpectColumnValuesToBeBetween(column="frames", min_value=params.min_frames, max_value=params.max_frames),
+        E.ExpectColumnValuesToBeBetween(column="frame_std", min_value=params.min_frame_std),  # blank
+        E.ExpectColumnValuesToBeBetween(column="moving_fraction", min_value=params.min_moving_fraction),  # frozen
+        E.ExpectTableRowCountToEqual(value=n_rows),
+    ]
+    suite = gx.ExpectationSuite(name="video_corpus_clips")
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    return suite
+
+
+def validate_corpus(corpus: Path, params: Params, out: Path) -> dict[str, Any]:
+    """The video corpus's clips against the suite, and its frame shape against the demos'."""
+    manifest = read_corpus_manifest(corpus)
+    rows = clip_rows(corpus, manifest)
+    problems = []
+    camera = params.collect.camera
+    if manifest["camera"] != camera.manifest():
+        problems.append(f"the corpus's camera {manifest['camera']} is not collect.camera {camera.manifest()}")
+    with atomic_output(out) as tmp:
+        if rows:
+            suite = lambda gx, n: build_corpus_suite(gx, params.videos, n)  # noqa: E731
+            result = run_suite("video_corpus", rows, suite, tmp / "data_docs", "clip", fill=("frames",))
+        else:  # an empty corpus (no source): nothing to check
+            result = {"success": True, "expectations": []}
+        summary = {"format": CORPUS_FORMAT} | _summary(corpus, "clip", rows, result, problems)
+        write_json(tmp / "results.json", summary)
+    return _verdict("video corpus", summary, "clip", out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="params file (sections validate, collect)")
-    parser.add_argument("--dataset", required=True, type=Path, help="dataset folder from collect")
+    parser.add_argument("--params", default="params.yaml", help="params file (sections validate, collect, videos)")
+    parser.add_argument("--dataset", required=True, type=Path, help="dataset folder from collect, or videos' corpus")
     parser.add_argument("--out", required=True, type=Path, help="validation results folder")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    validate(args.dataset, params.validate_params, params.collect, args.out)
+    manifest = args.dataset / "manifest.json"
+    if (
+        manifest.is_file()
+        and isinstance(raw := read_json(manifest, "manifest"), dict)
+        and raw.get("format") == CORPUS_FORMAT
+    ):
+        validate_corpus(args.dataset, params, args.out)
+    else:
+        validate(args.dataset, params.validate_params, params.collect, args.out)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""par_training: collect -> validate -> encode -> pretrain -> train -> evaluate + score -> gate.
+"""par_training: collect -> validate and videos -> validate_videos, then encode -> pretrain -> train
+-> evaluate + score -> gate.
 
 Triggered from the UI with the form below (its defaults are params.yaml's; with a
 ``profile``, the fields left at their defaults keep the profile's values). The first
@@ -57,13 +58,17 @@ def par_training() -> None:
     tasks = prepare()
     collect = operators.stage("collect", tasks)
     validate = operators.stage("validate", tasks)
+    videos = operators.stage("videos")
+    validate_videos = operators.stage("validate_videos")
     encode = operators.stage("encode")
     pretrain = operators.stage("pretrain", gpu=True)
     train = operators.stage("train", gpu=True)
     evaluate = operators.stage("evaluate", tasks, gpu=True)
     score = operators.stage("score")
     gate = operators.stage("gate")
-    tasks >> collect >> validate >> encode >> pretrain >> train >> [evaluate, score] >> gate
+    tasks >> collect >> validate >> encode
+    tasks >> videos >> validate_videos >> encode
+    encode >> pretrain >> train >> [evaluate, score] >> gate
 
 
 par_training()

@@ -122,12 +122,17 @@ class LoadReport:
         )
 
 
+TASK_EMBED = "task_embed"  # (num_tasks, task_tokens, d): one row a task
+
+
 def load_pretrained(model: PAR, source: str | Path | dict[str, torch.Tensor]) -> LoadReport:
     """Copy video-pretrained weights into ``model`` (a physical model).
 
     Only tensors that video pretraining trains (``VIDEO_PREFIXES``) are taken; a
-    tensor whose shape differs (say, another number of tasks) keeps its fresh
-    initialisation and is listed as mismatched; every other tensor is new.
+    tensor whose shape differs keeps its fresh initialisation and is listed as
+    mismatched; every other tensor is new. The one exception is the task embedding of
+    a model pretrained on more tasks than ``model`` has (clips of other tasks, given
+    ids after the policy's own): its leading rows, the policy's tasks, are taken.
     """
     state = load_file(str(Path(source) / WEIGHTS)) if not isinstance(source, dict) else source
     report = LoadReport()
@@ -137,6 +142,9 @@ def load_pretrained(model: PAR, source: str | Path | dict[str, torch.Tensor]) ->
         src = state.get(name)
         if src is None or not name.startswith(VIDEO_PREFIXES):
             report.new.append(name)
+        elif name == TASK_EMBED and src.shape[0] > tensor.shape[0] and src.shape[1:] == tensor.shape[1:]:
+            update[name] = src[: tensor.shape[0]]
+            report.taken.append(f"{name}[:{tensor.shape[0]}]")
         elif tuple(src.shape) != tuple(tensor.shape):
             report.mismatched.append(f"{name}: {tuple(src.shape)} vs {tuple(tensor.shape)}")
         else:

@@ -50,21 +50,46 @@ class WindowSampler:
 
     With ``balance_tasks`` every task is equally likely first, then every env step of
     that task's episodes: a task with four times the demos (or twice the episode length)
-    of another does not take four times the updates.
+    of another does not take four times the updates. ``groups`` (one id an episode) and
+    ``group_weights`` generalise it: group g is drawn with probability proportional to
+    its weight, then every env step within it equally likely (video pretraining's mix
+    of sources). ``drawn`` counts the windows taken from each episode (kept in
+    :meth:`state_dict`, so that a resumed run still knows what it was trained on).
     """
 
     def __init__(
-        self, episodes: list[Episode], steps: int, chunk: int, video: bool = False, balance_tasks: bool = False
+        self,
+        episodes: list[Episode],
+        steps: int,
+        chunk: int,
+        video: bool = False,
+        balance_tasks: bool = False,
+        groups: list[int] | None = None,
+        group_weights: list[float] | None = None,
     ) -> None:
         if not episodes:
             raise ValueError("no episodes to sample from")
         self.episodes, self.steps, self.chunk, self.video = episodes, steps, chunk, video
         lengths = torch.tensor([e.length for e in episodes], dtype=torch.float64)
-        if balance_tasks:
-            tasks = torch.tensor([e.task for e in episodes])
-            per_task = torch.zeros(int(tasks.max()) + 1, dtype=torch.float64).index_add_(0, tasks, lengths)
-            lengths = lengths / per_task[tasks]  # each task's episodes sum to 1 before normalising
-        self.weights = lengths / lengths.sum()  # every env step (of a task) equally likely as a start
+        if balance_tasks and groups is None:
+            groups = [e.task for e in episodes]
+        if groups is not None:
+            ids = torch.tensor(groups)
+            if len(ids) != len(episodes):
+                raise ValueError(f"{len(ids)} group ids for {len(episodes)} episodes")
+            weights = torch.ones(int(ids.max()) + 1, dtype=torch.float64)
+            if group_weights is not None:
+                weights = torch.tensor(group_weights, dtype=torch.float64)
+            per_group = torch.zeros(len(weights), dtype=torch.float64).index_add_(0, ids, lengths)
+            lengths = lengths / per_group[ids] * weights[ids]  # each group's episodes sum to its weight
+        self.weights = lengths / lengths.sum()  # every env step (of a group) equally likely as a start
+        self.drawn = torch.zeros(len(episodes), dtype=torch.long)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"drawn": self.drawn.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.drawn = state["drawn"].clone()
 
     def window(self, episode: int, start: int) -> Batch:
         ep = self.episodes[episode]
@@ -78,6 +103,7 @@ class WindowSampler:
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
         picks = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator)
+        self.drawn += torch.bincount(picks, minlength=len(self.episodes))
         windows = []
         for i in picks.tolist():
             start = int(torch.randint(0, self.episodes[i].length, (1,), generator=generator))

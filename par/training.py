@@ -118,6 +118,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "ema": None if self.ema is None else {k: v.cpu() for k, v in self.ema.items()},
+            "sampler": self.sampler.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -126,3 +127,5 @@ class Trainer:
         self.generator.set_state(state["generator"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
+        if state.get("sampler") is not None:  # checkpoints before it kept no sampler state
+            self.sampler.load_state_dict(state["sampler"])

@@ -12,10 +12,10 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from components.errors import ComponentError
-from components.formats.files import read_json, validation_problems
+from components.formats.files import check_frame_shape, read_checked_json
 
 ARRAYS = ("frames", "actions", "proprio", "success", "seed")
 
@@ -31,6 +31,14 @@ class Demo:
     seed: int
 
 
+def inside_the_folder(file: str) -> str:
+    """``file``, if it is a relative path that stays inside the folder of its manifest."""
+    path = PurePosixPath(file)
+    if path.is_absolute() or ".." in path.parts or not file:
+        raise ValueError(f"{file!r} is not a path inside the dataset")
+    return file
+
+
 Finite = Annotated[float, Field(allow_inf_nan=False, strict=False)]
 
 
@@ -41,13 +49,7 @@ class EpisodeEntry(BaseModel):
     seed: int = Field(ge=0)
     steps: int = Field(ge=1)
 
-    @field_validator("file")
-    @classmethod
-    def _inside_the_dataset(cls, file: str) -> str:
-        path = PurePosixPath(file)
-        if path.is_absolute() or ".." in path.parts or not file:
-            raise ValueError(f"{file!r} is not a path inside the dataset")
-        return file
+    _inside = field_validator("file")(lambda cls, file: inside_the_folder(file))
 
 
 class Counts(BaseModel):
@@ -90,8 +92,7 @@ class Manifest(BaseModel):
                 raise ValueError(f"{key} has {len(getattr(self, key))} entries, proprio_dim is {self.proprio_dim}")
         if self.counts.episodes != len(self.episodes):
             raise ValueError(f"counts.episodes is {self.counts.episodes} but it lists {len(self.episodes)} episodes")
-        if any(n < 1 for n in self.frame_shape) or self.frame_shape[2] != 3:
-            raise ValueError(f"frame_shape {self.frame_shape} is not [height, width, 3]")
+        check_frame_shape(self.frame_shape)
         return self
 
 
@@ -100,33 +101,26 @@ def read_manifest(dataset: str | Path) -> dict[str, Any]:
     dataset = Path(dataset)
     if not dataset.is_dir():
         raise ComponentError(f"dataset {dataset} does not exist (run collect first)")
-    path = dataset / "manifest.json"
-    manifest = read_json(path, "manifest")
-    if not isinstance(manifest, dict):
-        raise ComponentError(f"manifest {path} must hold a JSON object, not {type(manifest).__name__}")
-    try:
-        Manifest.model_validate(manifest)
-    except ValidationError as exc:
-        raise ComponentError(f"manifest {path} is invalid: {validation_problems(exc)}") from exc
-    return manifest
+    return read_checked_json(dataset / "manifest.json", "manifest", Manifest)
 
 
-def _load_arrays(path: Path, index: int) -> dict[str, np.ndarray]:
-    """The episode file's arrays; a file that is not a readable archive of them is an
-    error naming it (truncated, empty, bad compressed bytes, a folder, object arrays)."""
+def load_arrays(path: Path, what: str, names: tuple[str, ...] = ARRAYS) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of an .npz file; a file that is not a readable archive of
+    them is an error naming ``what`` and the path (truncated, empty, bad compressed
+    bytes, a folder, object arrays)."""
     if not path.is_file():
-        raise ComponentError(f"episode {index} file {path} is missing")
+        raise ComponentError(f"{what} file {path} is missing")
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise ComponentError(f"episode {index} file {path} is not an .npz archive of arrays")
+            raise ComponentError(f"{what} file {path} is not an .npz archive of arrays")
         with loaded as data:
-            missing = [k for k in ARRAYS if k not in data.files]
+            missing = [k for k in names if k not in data.files]
             if missing:
-                raise ComponentError(f"episode {index} file {path} lacks arrays {missing}")
-            return {k: data[k] for k in ARRAYS}
+                raise ComponentError(f"{what} file {path} lacks arrays {missing}")
+            return {k: data[k] for k in names}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-        raise ComponentError(f"episode {index} file {path} is unreadable: {type(exc).__name__}: {exc}") from exc
+        raise ComponentError(f"{what} file {path} is unreadable: {type(exc).__name__}: {exc}") from exc
 
 
 def episode_problems(arrays: dict[str, np.ndarray], entry: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
@@ -160,7 +154,7 @@ def read_demo(dataset: str | Path, index: int, entry: dict[str, Any], manifest: 
     finite actions and proprio, the seed): what every reader but validate needs, which
     reports these facts itself."""
     path = Path(dataset) / entry["file"]
-    arrays = _load_arrays(path, index)
+    arrays = load_arrays(path, f"episode {index}")
     if manifest is not None and (problems := episode_problems(arrays, entry, manifest)):
         raise ComponentError(f"episode {index} file {path}: " + "; ".join(problems))
     return Demo(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from components.errors import ComponentError
 
@@ -68,3 +68,22 @@ def read_json(path: str | Path, what: str) -> Any:
 def validation_problems(exc: ValidationError) -> str:
     """A pydantic error as one line: every field's dotted path and its problem."""
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'the file'}: {e['msg']}" for e in exc.errors())
+
+
+def read_checked_json(path: Path, what: str, model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON object in ``path``, checked against ``model``; an error names ``what``,
+    the file and every field that is wrong."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise ComponentError(f"{what} {path} must hold a JSON object, not {type(data).__name__}")
+    try:
+        model.model_validate(data)
+    except ValidationError as exc:
+        raise ComponentError(f"{what} {path} is invalid: {validation_problems(exc)}") from exc
+    return data
+
+
+def check_frame_shape(shape: list[int]) -> None:
+    """A manifest's ``frame_shape``: [height, width, 3], each at least 1."""
+    if any(n < 1 for n in shape) or shape[2] != 3:
+        raise ValueError(f"frame_shape {shape} is not [height, width, 3]")

@@ -5,11 +5,16 @@ vae/                   the AutoencoderKL (diffusers save_pretrained format)
 latents/<task>.npz     latents (F, C, h, w) float32 normalised, actions (S, A),
                        proprio (F, D), frame_offsets / action_offsets (E + 1,),
                        seeds (E,), holdout (E,) bool
-stats.json             latent shape and channel mean/std, and each task's manifest
+corpus.npz             the video corpus (components.formats.corpus), normalised the
+                       same way: latents (F, C, h, w), frame_offsets (N + 1,), and
+                       each clip's label, source and origin (N,) strings
+stats.json             latent shape and channel mean/std, each task's manifest, and
+                       the corpus's counts by source
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,15 +27,19 @@ from components.formats.normalizers import Normalizer
 from par.data import Episode
 
 FORMAT = "par-latents-v2"
+CORPUS = "corpus.npz"
 Split = Literal["train", "holdout", "all"]
 
 
-def write_encoded(tmp: Path, vae: Any, manifests: list[dict], demos: dict, raw: dict, holdout: dict) -> dict:
-    """Write the folder's vae/, latents/<task>.npz and stats.json; returns the stats.
+def write_encoded(
+    tmp: Path, vae: Any, manifests: list[dict], demos: dict, raw: dict, holdout: dict, corpus: Corpus | None = None
+) -> dict:
+    """Write the folder's vae/, latents/<task>.npz, corpus.npz and stats.json; returns the stats.
 
     ``demos``: every task's episodes (components.formats.dataset.Demo); ``raw``: their
     un-normalised latents, one tensor an episode; ``holdout``: held-out episodes a task
-    (the last ones), left out of the normalisation statistics."""
+    (the last ones), left out of the normalisation statistics; ``corpus``: the video
+    corpus's clips and their un-normalised latents (normalised with the demos' statistics)."""
     train_latents = torch.cat([z for task, eps in raw.items() for z in eps[: len(eps) - holdout[task]]])
     mean = train_latents.mean(dim=(0, 2, 3))
     std = train_latents.std(dim=(0, 2, 3)).clamp_min(1e-6)
@@ -48,6 +57,13 @@ def write_encoded(tmp: Path, vae: Any, manifests: list[dict], demos: dict, raw: 
             seeds=np.asarray([d.seed for d in eps], dtype=np.int64),
             holdout=np.arange(len(eps)) >= len(eps) - holdout[task],
         )
+    corpus = corpus or Corpus([], [])
+    np.savez(
+        tmp / CORPUS,
+        latents=_normalised(corpus.latents, mean, std, train_latents.shape[1:]),
+        frame_offsets=np.cumsum([0] + [len(z) for z in corpus.latents]),
+        **{key: np.asarray([c[key] for c in corpus.clips], dtype=str) for key in ("label", "source", "origin")},
+    )
     stats = {
         "format": FORMAT,
         "tasks": list(demos),
@@ -57,9 +73,55 @@ def write_encoded(tmp: Path, vae: Any, manifests: list[dict], demos: dict, raw: 
         "frame_shape": list(manifests[0]["frame_shape"]),
         "holdout_episodes": holdout,
         "manifests": {m["task"]: {k: v for k, v in m.items() if k != "episodes"} for m in manifests},
+        "corpus": corpus.counts(),
     }
     write_json(tmp / "stats.json", stats)
     return stats
+
+
+@dataclass
+class Corpus:
+    """The video corpus's clips (their manifest entries) and latents, one tensor a clip."""
+
+    clips: list[dict[str, Any]]
+    latents: list[torch.Tensor]
+
+    def counts(self) -> dict[str, Any]:
+        sources: dict[str, dict[str, int]] = {}
+        for clip, z in zip(self.clips, self.latents, strict=True):
+            entry = sources.setdefault(clip["source"], {"clips": 0, "frames": 0})
+            entry["clips"], entry["frames"] = entry["clips"] + 1, entry["frames"] + len(z)
+        return {"clips": len(self.clips), "frames": sum(len(z) for z in self.latents), "sources": sources}
+
+
+def _normalised(latents: list[torch.Tensor], mean: torch.Tensor, std: torch.Tensor, shape: Any) -> np.ndarray:
+    if not latents:
+        return np.zeros((0, *shape), np.float32)
+    z = torch.cat(latents)
+    return ((z - mean[:, None, None]) / std[:, None, None]).numpy().astype(np.float32)
+
+
+@dataclass
+class VideoClip:
+    """A corpus clip as pretraining reads it."""
+
+    label: str  # the task it shows, or the folder source's name
+    source: str
+    origin: str
+    latents: torch.Tensor  # (T, C, h, w), normalised
+
+
+def load_corpus(encoded: str | Path) -> list[VideoClip]:
+    """The encoded video corpus (empty when encode had none, or predates it)."""
+    path = Path(encoded) / CORPUS
+    if not path.is_file():
+        return []
+    with np.load(path, allow_pickle=False) as data:
+        offsets, latents = data["frame_offsets"], data["latents"]
+        return [
+            VideoClip(str(label), str(source), str(origin), torch.from_numpy(latents[offsets[i] : offsets[i + 1]]))
+            for i, (label, source, origin) in enumerate(zip(data["label"], data["source"], data["origin"], strict=True))
+        ]
 
 
 def load_stats(encoded: str | Path) -> dict[str, Any]:

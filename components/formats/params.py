@@ -211,17 +211,89 @@ class OptimParams(TrainConfig):
     log_every: PositiveInt = 25
     # Draw every task equally often (then every env step within it) instead of every env
     # step of all tasks equally: with 600 StackCube demos beside 150 of the others, steps
-    # alone would give StackCube three quarters of the updates (par.data.WindowSampler;
-    # pretrain.extra_latents count as the first task). Measured once, all-tasks with 600
+    # alone would give StackCube three quarters of the updates (par.data.WindowSampler).
+    # Measured once, all-tasks with 600
     # StackCube demos (experiments/all-tasks-stack600): PickCube fell, so no profile sets it.
     balance_tasks: bool = False
 
 
+DEMOS = "demos"  # pretrain.mix's name for the training frames of the run's own demos
+
+
 class PretrainParams(OptimParams):
     enabled: bool = True
-    # Extra frame-only data: folders written by encode (their latents/<task>.npz are used
-    # as video whatever their actions), e.g. rollouts of other tasks.
-    extra_latents: list[str] = Field(default_factory=list)
+    # Where pretraining takes its frame-only windows, and how often: ``demos`` (the
+    # training frames of the run's demos) and any source of ``videos.sources``, each
+    # drawn with probability weight / total, then every frame of it equally likely.
+    mix: dict[str, float] = Field(default_factory=lambda: {DEMOS: 1.0})
+
+    @field_validator("mix")
+    @classmethod
+    def _weights(cls, mix: dict[str, float]) -> dict[str, float]:
+        negative = sorted(name for name, weight in mix.items() if weight < 0)
+        if negative:
+            raise ValueError(f"weights must be >= 0, got {[f'{n}: {mix[n]}' for n in negative]}")
+        if not any(weight > 0 for weight in mix.values()):
+            raise ValueError(f"at least one source needs a weight above 0, got {mix}")
+        return mix
+
+
+class ManiSkillVideos(Section):
+    """Planner episodes of ManiSkill tasks, rendered by ``collect.camera`` (moved where
+    ``collect.camera_by_task`` places a trained task); their actions are discarded."""
+
+    kind: Literal["maniskill"] = "maniskill"
+    tasks: list[str]
+    clips_per_task: PositiveInt = 20
+    # Seeds tried from here. A task the run also trains on must not reuse its demos'
+    # seeds or the evaluation's (checked below): its videos would show the test scenes.
+    seed_start: int = Field(default=500_000, ge=0)
+    max_attempts_per_clip: float = Field(default=3.0, ge=1)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks(cls, value: list[str]) -> list[str]:
+        return _distinct(value, "tasks", "task")
+
+    def seeds(self) -> range:
+        return range(self.seed_start, self.seed_start + int(self.clips_per_task * self.max_attempts_per_clip + 0.999))
+
+
+class FolderVideos(Section):
+    """The user's own video files (mp4, webm, gif), in the folder given to ``videos``
+    (``dvc.yaml``: data/user_videos), resized and centre-cropped to the frame shape."""
+
+    kind: Literal["folder"]
+    # A file that cannot be decoded (or is too short): "refuse" stops the stage naming
+    # it; "skip" names it in the log and the manifest and goes on.
+    on_error: Literal["skip", "refuse"] = "refuse"
+    fps: float = Field(default=20.0, gt=0)  # frames kept a second (ManiSkill's tasks step at 20 Hz)
+    max_clips: PositiveInt | None = None  # the first N files, by name
+
+
+VideoSource = Annotated[ManiSkillVideos | FolderVideos, Field(discriminator="kind")]
+
+
+class VideosParams(Section):
+    """The action-free video corpus (components.videos): named sources, none by default."""
+
+    sources: dict[str, VideoSource] = {}
+    workers: PositiveInt = 1  # planner processes
+    min_frames: PositiveInt = 10  # a clip with fewer is refused (or skipped)
+    max_frames: PositiveInt = 400  # a longer clip is cut here
+    # Validation: a clip is blank when its pixels' standard deviation is below
+    # min_frame_std, frozen when fewer than min_moving_fraction of its consecutive
+    # frames differ by more than one grey level on average.
+    min_frame_std: float = Field(default=1.0, ge=0)
+    min_moving_fraction: float = Field(default=0.2, ge=0, le=1)
+
+    @field_validator("sources")
+    @classmethod
+    def _names(cls, sources: dict[str, Any]) -> dict[str, Any]:
+        for name in sources:
+            if name == DEMOS or not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"source name {name!r}: letters, digits, - and _ only, and not {DEMOS!r}")
+        return sources
 
 
 class EvaluateParams(Section):
@@ -277,6 +349,7 @@ class Params(Section):
     validate_: ValidateParams = Field(default=ValidateParams(), alias="validate")
     encode: EncodeParams = EncodeParams()
     model: ModelParams = ModelParams()
+    videos: VideosParams = VideosParams()
     pretrain: PretrainParams = PretrainParams()
     train: OptimParams = OptimParams()
     evaluate: EvaluateParams = EvaluateParams()
@@ -296,11 +369,35 @@ class Params(Section):
             unknown = sorted(set(getattr(getattr(self, section), key)) - set(self.tasks))
             if unknown:
                 raise ValueError(f"{section}.{key} names {unknown}, which tasks {self.tasks} does not list")
+        unknown = sorted(set(self.pretrain.mix) - {DEMOS, *self.videos.sources})
+        if unknown:
+            raise ValueError(f"pretrain.mix names {unknown}: neither {DEMOS!r} nor a source of videos.sources")
+        for name, source in self.videos.sources.items():
+            if isinstance(source, ManiSkillVideos):
+                _no_shared_seeds(name, source, self)
         return self
 
     @property
     def validate_params(self) -> ValidateParams:
         return self.validate_
+
+
+def _no_shared_seeds(name: str, source: ManiSkillVideos, params: Params) -> None:
+    """Videos of a trained task must show neither its demos' scenes nor the test scenes."""
+    videos = source.seeds()
+    evaluation = range(params.evaluate.seed_start, params.evaluate.seed_start + params.evaluate.episodes)
+    for task in set(source.tasks) & set(params.tasks):
+        collect = params.collect
+        demos = range(
+            collect.seed_start,
+            collect.seed_start + int(collect.demos_for(task) * collect.max_attempts_per_demo + 0.999),
+        )
+        for what, seeds in (("the demos' seeds", demos), ("the evaluation's seeds", evaluation)):
+            if videos.start < seeds.stop and seeds.start < videos.stop:
+                raise ValueError(
+                    f"videos.sources.{name}: {task} seeds {videos.start}..{videos.stop - 1} overlap {what} "
+                    f"{seeds.start}..{seeds.stop - 1}; move its seed_start"
+                )
 
 
 def drop_tasks(data: dict[str, Any], tasks: set[str]) -> None:

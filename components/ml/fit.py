@@ -23,18 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from components.console import Progress, log
 from components.errors import ComponentError
 from components.formats.files import atomic_output, write_json
-from components.formats.latents import load_episodes, load_stats, load_task_arrays
+from components.formats.latents import load_episodes, load_stats
 from components.formats.params import OptimParams, Params
 from components.formats.plots import save_grid, save_loss_plot
-from components.formats.policy import Normalizer, normalizers_from_stats, save_policy
+from components.formats.policy import normalizers_from_stats, save_policy
 from components.ml.models import build_model, train_config
 from components.ml.vae import load_vae
+from components.ml.video_data import VideoData, video_data
 from par.baseline import BCConfig, BCPolicy
 from par.checkpoint import LoadReport, load_model, load_pretrained, save_model
 from par.config import ModelConfig
@@ -43,6 +43,7 @@ from par.model import PAR
 from par.training import StepResult, Trainer
 
 Mode = Literal["pretrain", "train"]
+SOURCES = "sources.json"  # pretrain's record of the clips it drew its windows from
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,17 @@ class Setup:
     episodes: list[Episode]
     init: str = "scratch"
     load_report: LoadReport | None = None
+    video: VideoData | None = None  # pretrain's sources (components.ml.video_data)
 
-
-def _video_episodes(encoded: Path, tasks: list[str], extra: list[str]) -> list[Episode]:
-    """Every training frame of the tasks, plus extra frame-only latents, as video episodes."""
-    identity = Normalizer(np.zeros(1, np.float32), np.ones(1, np.float32))
-    episodes = load_episodes(encoded, tasks, identity, identity, "train")
-    for folder in extra:
-        for path in sorted((Path(folder) / "latents").glob("*.npz")):
-            arrays = load_task_arrays(folder, path.stem)
-            offsets = arrays["frame_offsets"]
-            for e in range(len(offsets) - 1):
-                latents = torch.from_numpy(arrays["latents"][offsets[e] : offsets[e + 1]])
-                episodes.append(Episode(task=0, latents=latents, actions=torch.zeros(len(latents) - 1, 1)))
-    return episodes
+    def sampler(self) -> WindowSampler:
+        """Windows of the run's episodes; pretraining draws each of its sources by weight."""
+        config, video = self.model.config, self.video
+        mixed = video is not None and len(video.sources) > 1  # one source: plain sampling, as before mixes
+        return WindowSampler(
+            self.episodes, config.context_steps, config.chunk_len, video=self.mode == "pretrain",
+            balance_tasks=self.optim.balance_tasks, groups=video.groups if mixed else None,
+            group_weights=video.weights if mixed else None,
+        )  # fmt: skip
 
 
 def skip_reason(mode: Mode, params: Params) -> str | None:
@@ -131,15 +129,16 @@ def prepare(mode: Mode, params: Params, paths: FitPaths) -> Setup | None:
     if missing:
         raise ComponentError(f"tasks {missing} are not in the encoded data {paths.encoded} (it has {stats['tasks']})")
     optim: OptimParams = params.pretrain if mode == "pretrain" else params.train
-    torch.manual_seed(optim.seed)  # initial weights: part of "the same seed gives the same model"
-    model = build_model(params.model, stats, tasks)
     if skip_reason(mode, params):
         return None
-    if mode == "pretrain":
-        episodes = _video_episodes(paths.encoded, tasks, list(params.pretrain.extra_latents))
+    video = video_data(paths.encoded, tasks, params.pretrain.mix) if mode == "pretrain" else None
+    torch.manual_seed(optim.seed)  # initial weights: part of "the same seed gives the same model"
+    model = build_model(params.model, stats, tasks, num_tasks=len(video.labels) if video else None)
+    if video is not None:
+        episodes = video.episodes
     else:
         episodes = load_episodes(paths.encoded, tasks, *normalizers_from_stats(stats, tasks), split="train")
-    setup = Setup(mode, params, optim, tasks, stats, model, episodes)
+    setup = Setup(mode, params, optim, tasks, stats, model, episodes, video=video)
     _initialise(setup, paths.pretrained)
     return setup
 
@@ -196,6 +195,8 @@ def fingerprint(setup: Setup) -> str:
     stats = setup.stats
     payload = [setup.mode, config.model_dump(), setup.optim.model_dump(), setup.tasks]
     payload += [stats["latent_mean"], stats["latent_std"], setup.init]
+    if setup.video is not None:  # the corpus is not in the latent statistics: its counts are
+        payload.append(setup.video.summary())
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -351,8 +352,10 @@ def _finish(setup: Setup, trainer: Trainer, history: list[dict], seconds: float,
     write_json(paths.metrics, metrics)
     model.cpu().load_state_dict(trainer.averaged_state_dict())  # act and predict with the EMA weights
     with atomic_output(paths.out) as tmp:
-        if mode == "pretrain":
+        if setup.video is not None:
             save_model(model, tmp / "model")
+            write_json(tmp / SOURCES, setup.video.record(trainer.sampler.drawn))
+            mlflow.log_artifact(str(tmp / SOURCES), "config")
         else:
             extra = {"mlflow_run_id": run.info.run_id, "ablation": setup.params.model.ablation, "init": setup.init}
             save_policy(tmp, model, paths.encoded / "vae", setup.stats, setup.tasks, extra=extra)
@@ -367,12 +370,7 @@ def fit(mode: Mode, params: Params, params_path: Path, paths: FitPaths, progress
     setup = prepare(mode, params, paths)
     if setup is None:
         return _write_skipped(skip_reason(mode, params) or "", paths)
-    config = setup.model.config
-    sampler = WindowSampler(
-        setup.episodes, config.context_steps, config.chunk_len, video=mode == "pretrain",
-        balance_tasks=setup.optim.balance_tasks,
-    )  # fmt: skip
-    trainer = Trainer(setup.model, sampler, train_config(setup.optim))
+    trainer = Trainer(setup.model, setup.sampler(), train_config(setup.optim))
     store = CheckpointStore(paths.checkpoints, fingerprint(setup))
     started_run = store.started_run()
     run_id, history = _resume(store, setup, trainer)

@@ -13,8 +13,12 @@ from par.model import PAR
 from par.training import TrainConfig
 
 
-def data_shape(params: ModelParams, stats: dict[str, Any], tasks: list[str]) -> dict[str, int]:
-    """What the encoded data decides of a network (``stats``: encode's stats.json)."""
+def data_shape(
+    params: ModelParams, stats: dict[str, Any], tasks: list[str], num_tasks: int | None = None
+) -> dict[str, int]:
+    """What the encoded data decides of a network (``stats``: encode's stats.json);
+    ``num_tasks`` when it conditions on more labels than ``tasks`` (video pretraining
+    on other tasks' clips: components.ml.video_data)."""
     C, h, w = stats["latent_shape"]
     manifests = [stats["manifests"][t] for t in tasks]
     action_dims = {m["action_dim"] for m in manifests}
@@ -26,7 +30,7 @@ def data_shape(params: ModelParams, stats: dict[str, Any], tasks: list[str]) -> 
         latent_width=w,
         action_dim=action_dims.pop(),
         proprio_dim=manifests[0]["proprio_dim"] if params.use_proprio else 0,
-        num_tasks=len(tasks),
+        num_tasks=num_tasks or len(tasks),
     )
 
 
@@ -37,9 +41,11 @@ def build_bc_config(params: ModelParams, stats: dict[str, Any], tasks: list[str]
         raise ComponentError(f"model parameters do not make a valid baseline: {exc}") from exc
 
 
-def build_model_config(params: ModelParams, stats: dict[str, Any], tasks: list[str]) -> ModelConfig:
+def build_model_config(
+    params: ModelParams, stats: dict[str, Any], tasks: list[str], num_tasks: int | None = None
+) -> ModelConfig:
     """A named size, shaped by the data (latents, actions, proprio, tasks) and the ablation."""
-    shaped = dict(data_shape(params, stats, tasks), patch_size=params.patch_size)
+    shaped = dict(data_shape(params, stats, tasks, num_tasks), patch_size=params.patch_size)
     try:
         config = model_config(params.size, **{**shaped, **params.overrides})
     except ValueError as exc:
@@ -47,10 +53,12 @@ def build_model_config(params: ModelParams, stats: dict[str, Any], tasks: list[s
     return apply_ablation(config, params.ablation)
 
 
-def build_model(params: ModelParams, stats: dict[str, Any], tasks: list[str]) -> PAR | BCPolicy:
+def build_model(
+    params: ModelParams, stats: dict[str, Any], tasks: list[str], num_tasks: int | None = None
+) -> PAR | BCPolicy:
     if params.kind == "bc":
         return BCPolicy(build_bc_config(params, stats, tasks))
-    return PAR(build_model_config(params, stats, tasks))
+    return PAR(build_model_config(params, stats, tasks, num_tasks))
 
 
 def train_config(params: OptimParams) -> TrainConfig:

@@ -103,3 +103,6 @@ install_python
 if [ "${PAR_SKIP_VULKAN:-0}" != 1 ]; then
   install_vulkan
 fi
+# Where a folder source of the video corpus finds the user's own videos (dvc.yaml's
+# videos stage depends on it, so it must exist even when empty; docs/videos.md).
+mkdir -p data/user_videos

@@ -61,13 +61,64 @@ def _mlflow_store(tmp_path_factory):
     yield
 
 
+# A tiny action-free corpus: one planner clip of two tasks the smoke run does not train,
+# and one video file of the user's (clips cut at 40 frames, to keep encoding quick).
+CORPUS_SOURCES = {
+    "other-tasks": {"kind": "maniskill", "tasks": ["PullCube-v1", "PlaceSphere-v1"], "clips_per_task": 1},
+    "mine": {"kind": "folder", "fps": 10},
+}
+CORPUS_VIDEOS = {"sources": CORPUS_SOURCES, "max_frames": 40, "workers": 1}
+
+
+def moving_square_video(path: Path, frames: int = 30, fps: int = 15, size: tuple[int, int] = (96, 128)) -> Path:
+    """A video file (any format imageio writes by its suffix) of a square crossing a
+    grey background: moving, not blank."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    h, w = size
+    video = np.full((frames, h, w, 3), 90, np.uint8)
+    for i in range(frames):
+        x = int(i * (w - 20) / max(frames - 1, 1))
+        video[i, h // 2 - 10 : h // 2 + 10, x : x + 20] = (220, 40, 40)
+    if path.suffix == ".gif":
+        imageio.mimsave(path, list(video), duration=1000 / fps, loop=0)
+    else:
+        codec = {".webm": "libvpx-vp9"}.get(path.suffix, "libx264")
+        imageio.mimsave(path, list(video), fps=fps, macro_block_size=1, codec=codec)
+    return path
+
+
 @pytest.fixture(scope="session")
-def encoded(demos, smoke_params, tmp_path_factory) -> Path:
+def user_videos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("user_videos")
+    moving_square_video(folder / "square.mp4")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def corpus_params(tmp_path_factory) -> Path:
+    return write_params(tmp_path_factory.mktemp("corpus_params") / "params.yaml", videos=CORPUS_VIDEOS)
+
+
+@pytest.fixture(scope="session")
+def corpus(corpus_params, user_videos, tmp_path_factory, simulator) -> Path:
+    from components.videos import build_corpus
+
+    out = tmp_path_factory.mktemp("corpus") / "videos"
+    build_corpus(load_params(corpus_params), user_videos, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def encoded(demos, corpus, smoke_params, tmp_path_factory) -> Path:
+    """The smoke demos and the tiny corpus, encoded (the corpus's frames train the VAE too)."""
     from components.encode import encode
 
     root = tmp_path_factory.mktemp("encoded")
     params = load_params(smoke_params)
-    encode([demos / t for t in TASKS], params.encode, root / "encoded", root / "m.json", root / "r.png", progress=False)
+    datasets = [demos / t for t in TASKS]
+    encode(datasets, params.encode, root / "encoded", root / "m.json", root / "r.png", progress=False, videos=corpus)
     return root / "encoded"
 
 

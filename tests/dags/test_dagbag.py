@@ -75,9 +75,10 @@ def test_training_dag_is_the_pipeline_a_user_thinks_in(tmp_path):
     chain = ["prepare", "collect", "validate", "encode", "pretrain", "train"]
     for upstream, downstream in itertools.pairwise(chain):
         assert downstream in t[upstream], (upstream, downstream)
+    assert "videos" in t["prepare"] and "validate_videos" in t["videos"] and "encode" in t["validate_videos"]
     assert {"evaluate", "score"} <= set(t["train"])
     assert "gate" in t["evaluate"] and "gate" in t["score"]
-    assert set(t) == {*chain, "evaluate", "score", "gate"}
+    assert set(t) == {*chain, "videos", "validate_videos", "evaluate", "score", "gate"}
     assert set(dag["mapped"]) == {"collect", "validate", "evaluate"}
     assert {"tasks", "demos_per_task", "model_size", "train_steps", "episodes", "min_wilson_low"} <= set(dag["params"])
     assert dag["undescribed"] == [] and dag["defaults_problem"] == ""  # the form's defaults are valid

@@ -31,6 +31,7 @@ def project_copy(workdir: Path, params: dict[str, Any] | None = None) -> Path:
         shutil.copytree(REPO / package, repo / package, ignore=shutil.ignore_patterns("__pycache__"))
     text = yaml.safe_dump(materialize(params), sort_keys=False) if params else (REPO / "params.yaml").read_text()
     (repo / "params.yaml").write_text(text)
+    (repo / "data" / "user_videos").mkdir(parents=True)  # the videos stage's dep (infra/local/setup.sh)
     git = ["git", "-c", "user.name=tests", "-c", "user.email=tests@localhost"]
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "copy"]):
         subprocess.run([*git, *cmd], cwd=repo, check=True, capture_output=True)

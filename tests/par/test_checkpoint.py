@@ -95,8 +95,18 @@ def test_video_pretrained_weights_load_into_physical_model(tmp_path):
     assert torch.equal(physical.eval().loss(batch, noise).total, pretrained.total)
 
 
-def test_pretrained_with_other_task_count_reports_mismatch(tmp_path):
-    save_model(PAR(tiny_config(num_tasks=5)), tmp_path / "pretrained")
+def test_a_model_pretrained_on_more_tasks_hands_over_the_leading_task_rows(tmp_path):
+    """Video pretraining on other tasks' clips gives them ids after the policy's tasks."""
+    source = PAR(tiny_config(num_tasks=5))
+    save_model(source, tmp_path / "pretrained")
+    target = PAR(tiny_config(num_tasks=3))
+    report = load_pretrained(target, tmp_path / "pretrained")
+    assert "task_embed[:3]" in report.taken and not report.mismatched
+    assert torch.equal(target.task_embed, source.task_embed[:3])
+
+
+def test_pretrained_on_fewer_tasks_reports_mismatch(tmp_path):
+    save_model(PAR(tiny_config(num_tasks=2)), tmp_path / "pretrained")
     report = load_pretrained(PAR(tiny_config(num_tasks=3)), tmp_path / "pretrained")
     assert any(m.startswith("task_embed") for m in report.mismatched)
     assert "taken" in report.summary()

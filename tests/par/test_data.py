@@ -38,3 +38,22 @@ def test_balanced_sampling_ignores_task_ids_without_episodes():
     # Ids 0 and 2 present, 1 absent (a task with no training episodes): two tasks, not three.
     sampler = WindowSampler([_episode(0, 10), _episode(2, 30)], steps=2, chunk=2, balance_tasks=True)
     assert sampler.weights.tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_groups_are_drawn_by_weight_then_every_step_within_equally():
+    # Group 0 (episodes 0, 1: 30 steps) at weight 3, group 1 (episodes 2, 3: 50 steps) at 1.
+    sampler = WindowSampler(EPISODES, steps=2, chunk=2, groups=[0, 0, 1, 1], group_weights=[3.0, 1.0])
+    assert sampler.weights.tolist() == pytest.approx([0.75 * 10 / 30, 0.75 * 20 / 30, 0.25 * 30 / 50, 0.25 * 20 / 50])
+    zero = WindowSampler(EPISODES, steps=2, chunk=2, groups=[0, 0, 1, 1], group_weights=[1.0, 0.0])
+    assert zero.weights[2:].tolist() == [0.0, 0.0]
+
+
+def test_the_sampler_counts_the_windows_it_drew_and_keeps_the_count_in_its_state():
+    sampler = WindowSampler(EPISODES, steps=2, chunk=2)
+    generator = torch.Generator().manual_seed(0)
+    sampler.sample(16, generator)
+    sampler.sample(16, generator)
+    assert int(sampler.drawn.sum()) == 32 and len(sampler.drawn) == len(EPISODES)
+    fresh = WindowSampler(EPISODES, steps=2, chunk=2)
+    fresh.load_state_dict(sampler.state_dict())
+    assert fresh.drawn.tolist() == sampler.drawn.tolist()
