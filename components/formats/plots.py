@@ -114,3 +114,27 @@ def score_rows(per_task: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
                     row[key] = series[h - 1]
             rows.append(row)
     return rows
+
+
+def save_study_plot(lines: dict[str, list[tuple[int, float, float, float]]], path: Path, title: str) -> None:
+    """Success against demonstrations, one line an arm: (demos, rate, low, high) points,
+    the interval as error bars."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, (arm, points) in enumerate(lines.items()):
+        if not points:
+            continue
+        demos, rate, low, high = (np.asarray(v, dtype=float) for v in zip(*sorted(points), strict=True))
+        shifted = demos * (1 + 0.02 * (k - len(lines) / 2))  # side by side, not on top of each other
+        ax.errorbar(shifted, rate, yerr=[rate - low, high - rate], marker="o", capsize=3, label=arm)
+    ax.set_xscale("log")
+    ax.set_xlabel("demonstrations per task")
+    ax.set_ylabel("success_once")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

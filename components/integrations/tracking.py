@@ -105,6 +105,15 @@ def stage_run(
         yield run
 
 
+def log_study(name: str, files: list[Path]) -> None:
+    """A study's table, plot and results, as one MLflow run named ``<name>/summary``
+    (one after every cell: the newest holds every cell so far)."""
+    mlflow = _mlflow()
+    with mlflow.start_run(run_name=f"{name}/summary", tags={"par.kind": "study", "par.study": name}):
+        for path in files:
+            mlflow.log_artifact(str(path), "study")
+
+
 def end_abandoned_run(run_id: str, why: str) -> None:
     """Mark a stage's run that a killed process left RUNNING as FAILED, saying why
     (a run that has ended already is left as it is)."""
