@@ -282,8 +282,8 @@ class VideosParams(Section):
     min_frames: PositiveInt = 10  # a clip with fewer is refused (or skipped)
     max_frames: PositiveInt = 400  # a longer clip is cut here
     # Validation: a clip is blank when its pixels' standard deviation is below
-    # min_frame_std, frozen when fewer than min_moving_fraction of its consecutive
-    # frames differ by more than one grey level on average.
+    # min_frame_std, frozen when fewer than min_moving_fraction of its consecutive frame
+    # pairs change (0.2% of the pixels by more than 10 grey levels: components.validate).
     min_frame_std: float = Field(default=1.0, ge=0)
     min_moving_fraction: float = Field(default=0.2, ge=0, le=1)
 

@@ -114,7 +114,10 @@ def test_corpus_validation_names_blank_frozen_and_action_carrying_clips(corpus, 
     assert failing["frame_std"] == [0] and 1 in failing["moving_fraction"] and failing["arrays"] == [2]
 
 
-def test_an_empty_corpus_validates_and_encodes_as_before(tmp_path, smoke_params):
+def test_an_empty_corpus_validates_and_encodes_as_before(tmp_path):
+    # A camera placed by eye and target: its manifest (JSON lists) matches params (tuples).
+    camera = {"eye": [0.45, 0.0, 0.6], "target": [0.05, 0.0, 0.0], "fov": 0.9}
+    smoke_params = write_params(tmp_path / "params.yaml", collect={"demos_per_task": 2, "camera": camera})
     out = tmp_path / "corpus"
     assert _corpus_cli(smoke_params, tmp_path / "none", out).returncode == 0
     assert json.loads((out / "manifest.json").read_text())["counts"] == {
