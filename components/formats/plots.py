@@ -127,7 +127,12 @@ def save_study_plot(lines: dict[str, list[tuple[int, float, float, float]]], pat
         demos, rate, low, high = (np.asarray(v, dtype=float) for v in zip(*sorted(points), strict=True))
         shifted = demos * (1 + 0.02 * (k - len(lines) / 2))  # side by side, not on top of each other
         ax.errorbar(shifted, rate, yerr=[rate - low, high - rate], marker="o", capsize=3, label=arm)
+    counts = sorted({demos for points in lines.values() for demos, *_ in points})
     ax.set_xscale("log")
+    if counts:  # ticks at the counts measured, a margin either side (one count alone too)
+        ax.set_xlim(counts[0] / 1.6, counts[-1] * 1.6)
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.minorticks_off()
     ax.set_xlabel("demonstrations per task")
     ax.set_ylabel("success_once")
     ax.set_ylim(0, 1)
