@@ -36,7 +36,7 @@ from components.console import Progress, at_least, log, run_cli
 from components.errors import ComponentError
 from components.formats.files import atomic_output, write_json
 from components.formats.params import CollectParams, load_params
-from components.integrations.maniskill import camera_names, env_kwargs, planner_for, versions
+from components.integrations.maniskill import camera_names, env_kwargs, frame_shape, planner_for, versions
 from components.integrations.planner import attempts
 
 MAX_EPISODE_STEPS = 1000  # the planner decides when an episode ends, not the TimeLimit
@@ -131,7 +131,7 @@ def build_manifest(task: str, params: CollectParams, kwargs: dict[str, Any], tal
         "control_mode": params.control_mode,
         "robot_uids": params.robot_uids,
         "camera": camera.manifest(),
-        "frame_shape": [camera.height, camera.width * len(camera_names(camera.manifest())), 3],
+        "frame_shape": frame_shape(camera),
         "env_kwargs": kwargs,
         "episodes": [
             {"file": f"episodes/episode_{i:05d}.npz", "seed": k["seed"], "steps": k["T"]} for i, k in enumerate(kept)

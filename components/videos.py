@@ -33,17 +33,12 @@ from components.errors import ComponentError
 from components.formats.corpus import FORMAT
 from components.formats.files import atomic_output, write_json
 from components.formats.params import FolderVideos, ManiSkillVideos, Params, load_params
-from components.integrations.maniskill import camera_names, env_kwargs, planner_for, versions
+from components.integrations.maniskill import camera_names, env_kwargs, frame_shape, planner_for, versions
 from components.integrations.planner import attempts
 from components.integrations.video_files import VideoFileError, read_video, video_files
 
 MAX_EPISODE_STEPS = 1000  # the planner decides when an episode ends
 Clip = tuple[np.ndarray, str, str]  # frames, label, origin
-
-
-def frame_shape(params: Params) -> list[int]:
-    camera = params.collect.camera
-    return [camera.height, camera.width * len(camera_names(camera.manifest())), 3]
 
 
 def _planner_kwargs(task: str, params: Params) -> tuple[dict[str, Any], list[str]]:
@@ -93,7 +88,7 @@ def folder_clips(name: str, source: FolderVideos, folder: Path, params: Params, 
     files = video_files(folder)[: source.max_clips]
     if not files:
         raise ComponentError(f"videos.sources.{name}: no video files (.mp4, .webm, .gif, ...) in {folder}")
-    height, width, _ = frame_shape(params)
+    height, width, _ = frame_shape(params.collect.camera)
     for path in files:
         try:
             frames = read_video(path, source.fps, height, width, params.videos.max_frames)
@@ -152,7 +147,7 @@ def _manifest(params: Params, sources: dict[str, Any], clips: list[dict[str, Any
     return {
         "format": FORMAT,
         "actions": "discarded",
-        "frame_shape": frame_shape(params),
+        "frame_shape": frame_shape(params.collect.camera),
         "camera": params.collect.camera.manifest(),
         "sources": sources,
         "clips": clips,

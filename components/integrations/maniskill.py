@@ -71,6 +71,11 @@ def camera_names(camera: dict[str, Any]) -> list[str]:
     return [camera["name"]] + ([HAND_CAMERA] if camera.get("hand_camera") else [])
 
 
+def frame_shape(camera: CameraParams) -> list[int]:
+    """[H, W, 3] of a frame: the cameras' images side by side."""
+    return [camera.height, camera.width * len(camera_names(camera.manifest())), 3]
+
+
 def sensor_config(camera: CameraParams) -> dict[str, Any]:
     """ManiSkill ``sensor_configs`` entry for the camera, JSON-serialisable (it is stored
     in the dataset manifest and the policy so that evaluation renders the same view)."""

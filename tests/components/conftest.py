@@ -42,6 +42,20 @@ def demos(tmp_path_factory, smoke_params, simulator) -> Path:
     return root
 
 
+def nan_action_policy(policy_dir: Path, target: Path) -> Path:
+    """A copy of a policy bundle whose action head's weights are NaN (its config kept)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(policy_dir, target)
+    weights = target / "model" / "model.safetensors"
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()
+    state = {k: v * float("nan") if k.startswith("action_head.") else v for k, v in load_file(weights).items()}
+    save_file(state, str(weights), metadata=metadata)
+    return target
+
+
 @pytest.fixture
 def push_copy(demos, tmp_path) -> Path:
     """A private copy of the PushCube dataset, to corrupt."""

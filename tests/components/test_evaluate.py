@@ -10,13 +10,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from components.evaluate import evaluate, evaluate_sharded, merge, protocol_seeds, shard_plan
 from components.formats.params import EvaluateParams, load_params
 from components.formats.policy import bundle_sha256, load_policy
 from components.ml.metrics import wilson_interval
 from tests.cli import run_module
+from tests.components.conftest import nan_action_policy
 
 
 def test_closed_loop_evaluation_writes_rows_metrics_and_video(policy_dir, smoke_params, demos, tmp_path):
@@ -57,18 +57,7 @@ def test_sharded_evaluation_gives_the_serial_results(policy_dir, smoke_params, t
 
 
 def test_a_policy_that_emits_nan_fails_its_episodes_without_crashing(policy_dir, smoke_params, tmp_path):
-    broken = tmp_path / "nan_policy"
-    shutil.copytree(policy_dir, broken)
-    weights = broken / "model" / "model.safetensors"
-    from safetensors import safe_open
-
-    with safe_open(str(weights), framework="pt") as f:
-        metadata = f.metadata()
-    state = load_file(weights)
-    for name in state:
-        if name.startswith("action_head."):
-            state[name] = state[name] * float("nan")
-    save_file(state, str(weights), metadata=metadata)
+    broken = nan_action_policy(policy_dir, tmp_path / "nan_policy")
     params = load_params(smoke_params)
     metrics = evaluate(load_policy(broken), "PushCube-v1", params.evaluate, tmp_path / "eval", progress=False)
     assert metrics["episodes"] == 2 and metrics["success_once"] == 0 and metrics["failed_to_act"] == 2

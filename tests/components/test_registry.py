@@ -12,7 +12,7 @@ import pytest
 
 from components.integrations.registry import Registry, resolve_policy
 from tests.cli import Completed, run_module
-from tests.components.conftest import write_params
+from tests.components.conftest import nan_action_policy, write_params
 from tests.harness.browser import ARTIFACTS, screenshot
 from tests.harness.servers import mlflow_server
 
@@ -293,16 +293,7 @@ def test_a_broken_score_file_is_named_and_registers_nothing(planted_champion, po
 
 
 def test_a_policy_acting_nan_is_not_registered(planted_champion, policy_dir, tmp_path):
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    broken = tmp_path / "policy"
-    shutil.copytree(policy_dir, broken)
-    weights = broken / "model" / "model.safetensors"
-    with safe_open(str(weights), framework="pt") as f:
-        metadata = f.metadata()
-    state = {k: v * float("nan") if k.startswith("action_head.") else v for k, v in load_file(weights).items()}
-    save_file(state, str(weights), metadata=metadata)
+    broken = nan_action_policy(policy_dir, tmp_path / "policy")
     _write_planted(tmp_path / "eval", "", None, broken)
     result = _gate(planted_champion, broken, tmp_path / "eval", tmp_path / "g.json")
     assert result.returncode == 2 and "first action chunk" in result.stderr, result.stderr
