@@ -12,6 +12,12 @@ with its KV-cache, the chunk is executed, and the next real frame goes back into
 context. A policy that emits NaN or infinite actions fails that episode; it does
 not crash the evaluation.
 
+``evaluate.num_envs`` environments (worker processes, gymnasium's vector API:
+``components.integrations.chunk_env``) run a wave of that many episodes in lockstep,
+with one batched policy call a decision (the KV-cache's batch dimension). Each episode
+keeps its env seed and its own sampling generator, so its outcome is the same whatever
+``num_envs`` is; 0 picks one env a core.
+
 ``--model-uri`` takes a policy folder or an MLflow ``models:/<name>@<alias>`` (or
 ``runs:/...``) URI. With ``evaluate.shards`` > 1 the seeds are split into that many
 contiguous shards evaluated by parallel worker processes and merged into one result.
@@ -29,8 +35,6 @@ import multiprocessing as mp
 import os
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,20 +44,13 @@ import torch
 from components.console import Progress, at_least, log, run_cli
 from components.errors import ComponentError
 from components.formats.files import atomic_output, read_json, write_json
-from components.formats.params import DEFAULT_PROPRIO, EvaluateParams, load_params
+from components.formats.params import EvaluateParams, load_params
 from components.formats.plots import write_video
 from components.formats.policy import Policy
-from components.integrations.maniskill import (
-    camera_names,
-    frame_of,
-    make_env,
-    progress_flags,
-    proprio_of,
-    proprio_parts,
-    scalar,
-    step_unobserved,
-)
+from components.integrations.chunk_env import ChunkEnvSpec, vector_env
+from components.integrations.maniskill import camera_names, proprio_parts
 from components.ml.metrics import wilson_interval
+from par.invariant import batch_invariant
 from par.sampling import rollout_for
 
 
@@ -73,95 +70,56 @@ def protocol_seeds(params: EvaluateParams, seed_start: int | None, episodes: int
     return pairs[start:stop]
 
 
-@dataclass
-class Episode:
-    """What one closed-loop episode did so far."""
-
-    steps: int = 0
-    success: bool = False
-    success_once: bool = False
-    first_success: int | None = None
-    failure: str = ""
-    reached: dict[str, bool] = field(default_factory=dict)  # progress flags true at some step
-    policy_seconds: float = 0.0
-    frames: list[np.ndarray] = field(default_factory=list)
-
-    def row(self, env_seed: int, policy_seed: int) -> dict[str, Any]:
-        row = {
-            "seed": env_seed,
-            "policy_seed": policy_seed,
-            "success_once": self.success_once,
-            "success_at_end": self.success and not self.failure,
-            "steps": self.steps,
-            "first_success_step": self.first_success,
-            "policy_seconds": round(self.policy_seconds, 3),
-            "failure": self.failure,
-            "reached": self.reached,
-        }
-        if self.frames:
-            row["frames"] = np.stack(self.frames)
-        return row
+def envs_for(params: EvaluateParams) -> int:
+    """``evaluate.num_envs``, or for 0 (auto) one env a core (at most 8) of this process's share."""
+    if params.num_envs:
+        return params.num_envs
+    return max(1, min(8, (os.cpu_count() or 1) // params.shards))
 
 
-def _execute(env: Any, actions: np.ndarray, episode: Episode, camera: str | list[str], max_steps: int, record: bool):
-    """Step a chunk's actions (terminations ignored); return the observation after it.
-    Only the frame after the chunk is looked at (or every frame of a recorded episode):
-    the others are not rendered (components.integrations.maniskill.step_unobserved)."""
-    obs = None
-    for k, action in enumerate(actions):
-        if record or k == len(actions) - 1:
-            obs, _, _, _, info = env.step(action)
-        else:
-            info = step_unobserved(env, action)
-        episode.steps += 1
-        episode.success = bool(scalar(info["success"]))
-        for key, flag in progress_flags(info).items():
-            episode.reached[key] = episode.reached.get(key, False) or flag
-        if episode.success and episode.first_success is None:
-            episode.first_success = episode.steps
-        episode.success_once |= episode.success
-        if record:
-            episode.frames.append(frame_of(obs, camera))
-        if episode.steps >= max_steps:
-            break
-    return obs
+def chunk_env_spec(policy: Policy, task: str, info: dict[str, Any], max_steps: int) -> ChunkEnvSpec:
+    """What an evaluation env of ``task`` needs: the demos' env and camera, the policy's shapes."""
+    c = policy.model.config
+    return ChunkEnvSpec(
+        task=task, env_kwargs=info["env_kwargs"], cameras=camera_names(info["camera"]), proprio=proprio_parts(info),
+        frame_shape=tuple(policy.info["frame_shape"]), proprio_dim=c.proprio_dim, chunk_len=c.chunk_len,
+        action_dim=c.action_dim, max_steps=max_steps,
+    )  # fmt: skip
 
 
-def run_episode(
-    policy: Policy,
-    env: Any,
-    task_id: int,
-    camera: str | list[str],
-    env_seed: int,
-    policy_seed: int,
-    max_steps: int,
-    record: bool,
-    action_steps: int | None = None,
-    action_samples: int = 1,
-    parts: Sequence[str] = DEFAULT_PROPRIO,
-) -> dict[str, Any]:
-    """One closed-loop episode; returns its row (and frames when ``record``).
-    ``parts``: the proprio layout the policy was trained on."""
-    obs, _ = env.reset(seed=env_seed)
-    generator = torch.Generator().manual_seed(policy_seed)
+def run_wave(
+    policy: Policy, envs: Any, task_id: int, pairs: list[tuple[int, int]], record: list[bool], params: EvaluateParams
+) -> list[dict[str, Any]]:
+    """Episodes ``pairs`` (env seed, policy seed), at most one an env, stepped in lockstep:
+    one batched policy call a decision. Each episode has its own sampling generator and
+    the policy runs batch-invariant, so an episode's actions, bit for bit, do not depend
+    on the batch it ran in. Returns their rows."""
+    n, slots = len(pairs), envs.num_envs
+    envs.set_attr("record", record + [False] * (slots - n))
+    obs, _ = envs.reset(seed=[s for s, _ in pairs] + [pairs[-1][0]] * (slots - n))
+    generators = [torch.Generator().manual_seed(p) for _, p in pairs]
     rollout = rollout_for(
-        policy.model, torch.tensor([task_id]), generator, action_steps=action_steps, action_samples=action_samples
-    )
-    episode = Episode(frames=[frame_of(obs, camera)] if record else [])
-    while episode.steps < max_steps:
+        policy.model, torch.full((n,), task_id), generators, action_steps=params.action_sampling_steps,
+        action_samples=params.action_samples,
+    )  # fmt: skip
+    over, policy_seconds = np.arange(slots) >= n, 0.0
+    idle = np.full((slots - n, *envs.single_action_space.shape), np.nan, np.float32)
+    while not over.all():
         started = time.perf_counter()
-        latent = policy.encode_frames(frame_of(obs, camera)[None])
-        proprio = policy.normalize_proprio(proprio_of(obs, parts)[None]) if policy.model.config.proprio_dim else None
-        rollout.observe(latent, proprio)
-        chunk = rollout.sample_actions()
-        rollout.commit_actions(chunk)
-        actions = policy.denormalize_actions(chunk[0])
-        episode.policy_seconds += time.perf_counter() - started
-        if not np.isfinite(actions).all():
-            episode.failure = "policy emitted non-finite actions"
-            break
-        obs = _execute(env, actions, episode, camera, max_steps, record)
-    return episode.row(env_seed, policy_seed)
+        with batch_invariant():  # each episode's numbers as if it ran alone (par.invariant)
+            latent = policy.encode_frames(obs["frame"][:n])
+            proprio = policy.normalize_proprio(obs["proprio"][:n]) if "proprio" in obs else None
+            rollout.observe(latent, proprio)
+            chunk = rollout.sample_actions()
+            rollout.commit_actions(chunk)
+        actions = np.concatenate([policy.denormalize_actions(chunk).astype(np.float32), idle])
+        policy_seconds += time.perf_counter() - started
+        obs, _, _, _, info = envs.step(actions)
+        over = np.asarray(info["over"], dtype=bool) | (np.arange(slots) >= n)
+    rows = list(envs.call("row"))[:n]
+    for row, (_, policy_seed) in zip(rows, pairs, strict=True):
+        row |= {"policy_seed": policy_seed, "policy_seconds": round(policy_seconds / n, 3)}
+    return rows
 
 
 def summarize(rows: list[dict[str, Any]], task: str) -> dict[str, Any]:
@@ -218,30 +176,28 @@ def evaluate(
     if params.threads:
         torch.set_num_threads(params.threads)
     max_steps = params.max_episode_steps.get(task, params.default_max_episode_steps)
-    camera, parts = camera_names(info["camera"]), proprio_parts(info)
     pairs = protocol_seeds(params, seed_start, episodes)
-    env = make_env(task, dict(info["env_kwargs"], max_episode_steps=max_steps))
+    num_envs = min(envs_for(params), len(pairs))
+    envs = vector_env(chunk_env_spec(policy, task, info, max_steps), num_envs)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     try:
         with atomic_output(out) as tmp, Progress(f"evaluate {task}", len(pairs), "episodes", enabled=progress) as bar:
-            for i, (env_seed, policy_seed) in enumerate(pairs):
-                record = i < params.videos
-                row = run_episode(
-                    policy, env, policy.task_id(task), camera, env_seed, policy_seed, max_steps, record,
-                    params.action_sampling_steps, params.action_samples, parts,
-                )  # fmt: skip
-                if record:
-                    write_video(row.pop("frames"), tmp / "videos" / f"{task}_seed{env_seed}.mp4")
-                rows.append(row)
-                bar.update(note=f"{sum(r['success_once'] for r in rows)} successes")
-            metrics = summarize(rows, task) | {"policy_sha256": policy.sha256}
+            for first in range(0, len(pairs), num_envs):
+                wave = pairs[first : first + num_envs]
+                record = [first + k < params.videos for k in range(len(wave))]
+                for row in run_wave(policy, envs, policy.task_id(task), wave, record, params):
+                    if "frames" in row:
+                        write_video(row.pop("frames"), tmp / "videos" / f"{task}_seed{row['seed']}.mp4")
+                    rows.append(row)
+                    bar.update(note=f"{sum(r['success_once'] for r in rows)} successes")
+            metrics = summarize(rows, task) | {"policy_sha256": policy.sha256, "num_envs": num_envs}
             metrics["seconds"] = round(time.perf_counter() - started, 1)
             metrics |= {"max_episode_steps": max_steps, "protocol": params.protocol}
             write_json(tmp / "episodes.json", rows)
             write_json(tmp / "metrics.json", metrics)
     finally:
-        env.close()
+        envs.close()
     log.info(
         "%s: success_once %.3f [%.3f, %.3f] over %d episodes (%.0f s); reached: %s",
         *(task, metrics["success_once"], metrics["wilson_low"], metrics["wilson_high"], len(rows), metrics["seconds"]),

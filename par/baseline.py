@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch import nn
 
+from par.diffusion import Generators
 from par.model import Batch, LossOutput
 from par.tokenizers import check_shape
 
@@ -83,7 +84,7 @@ class BCPolicy(nn.Module):
 class BCRollout:
     """The closed-loop interface of ``par.sampling.Rollout`` for the baseline."""
 
-    def __init__(self, model: BCPolicy, task: torch.Tensor, generator: torch.Generator | None = None, **_: object):
+    def __init__(self, model: BCPolicy, task: torch.Tensor, generator: Generators = None, **_: object):
         self.model, self.task = model.eval(), task
         self._frame: torch.Tensor | None = None
         self._proprio: torch.Tensor | None = None

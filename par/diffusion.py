@@ -2,17 +2,37 @@
 
 Training noises with the DDPM forward process (epsilon objective); sampling runs a
 fast sampler (DDIM by default) over ``num_inference_steps``. All randomness comes
-from an explicit ``torch.Generator`` so that generation is reproducible.
+from an explicit ``torch.Generator`` so that generation is reproducible; a batch of
+independent rollouts passes one generator per rollout (:data:`Generators`), and each
+rollout's rows then get exactly the noise they would get alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 
 from par.config import DiffusionConfig
+
+# One generator for the whole batch, or one per group of rows (a batch of B independent
+# rollouts, each owning B' / B consecutive rows), or None (torch's global generator).
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def gaussian(shape: tuple[int, ...], generator: Generators) -> torch.Tensor:
+    """Standard normal noise of ``shape``. With one generator per group of rows, group
+    ``g`` is drawn from ``generator[g]`` as one tensor, exactly as a batch of that group
+    alone would draw it from one generator."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator)
+    groups = len(generator)
+    if groups == 0 or shape[0] % groups:
+        raise ValueError(f"{groups} generators cannot split a batch of {shape[0]} rows into equal groups")
+    rows = (shape[0] // groups, *shape[1:])
+    return torch.cat([torch.randn(rows, generator=g) for g in generator])
+
 
 _SAMPLERS = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpmsolver": DPMSolverMultistepScheduler}
 
@@ -51,14 +71,28 @@ class Diffusion:
         self,
         predict_eps: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
         shape: tuple[int, ...],
-        generator: torch.Generator | None,
+        generator: Generators,
         steps: int | None = None,
     ) -> torch.Tensor:
         """Run the reverse process from Gaussian noise; ``predict_eps(x, t_batch, i)`` for
         the i-th of :meth:`timesteps`."""
-        x = torch.randn(shape, generator=generator)
+        x = gaussian(shape, generator)
         for i, t in enumerate(self.timesteps(steps)):
             t_batch = torch.full((shape[0],), int(t), dtype=torch.long)
             eps = predict_eps(x, t_batch, i)
-            x = self.sampler.step(eps, t, x, generator=generator).prev_sample
+            x = self._step(eps, t, x, generator)
         return x
+
+    def _step(self, eps: torch.Tensor, t: torch.Tensor, x: torch.Tensor, generator: Generators) -> torch.Tensor:
+        """One reverse step. Of the samplers only DDPM adds noise in a step (DDIM runs with
+        eta 0, DPM-Solver++ is deterministic); with per-group generators its steps run a
+        group at a time, each with its own generator (DDPM's step holds no state)."""
+        if generator is None or isinstance(generator, torch.Generator):
+            return self.sampler.step(eps, t, x, generator=generator).prev_sample
+        if not isinstance(self.sampler, DDPMScheduler):
+            return self.sampler.step(eps, t, x).prev_sample
+        groups = len(generator)
+        return torch.cat([
+            self.sampler.step(e, t, xg, generator=g).prev_sample
+            for e, xg, g in zip(eps.chunk(groups), x.chunk(groups), generator, strict=True)
+        ])  # fmt: skip

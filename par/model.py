@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from par.config import ModelConfig
-from par.diffusion import Diffusion
+from par.diffusion import Diffusion, Generators
 from par.heads import ActionDiTHead, DiscreteActionHead, FrameDiTHead
 from par.mask import ACTION, BOA, FRAME, STATE, TASK, attention_mask, window_layout
 from par.tokenizers import (
@@ -331,7 +331,7 @@ class PAR(nn.Module):
     # ----------------------------------------------------------------- sampling
     @torch.no_grad()
     def sample_actions_diffusion(
-        self, h_prefix: torch.Tensor, generator: torch.Generator | None, steps: int | None = None
+        self, h_prefix: torch.Tensor, generator: Generators, steps: int | None = None
     ) -> torch.Tensor:
         """(B, S, d) outputs of a step's frame group + BOA -> (B, L, A) in [-1, 1]."""
         c = self.config
@@ -355,7 +355,7 @@ class PAR(nn.Module):
         self,
         h_frame: torch.Tensor,
         h_last: torch.Tensor,
-        generator: torch.Generator | None,
+        generator: Generators,
         steps: int | None = None,
     ) -> torch.Tensor:
         """(B, N, d), (B, d) -> next-frame latents (B, C, H, W)."""

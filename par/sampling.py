@@ -7,6 +7,10 @@ A :class:`Rollout` walks an episode one physical step at a time::
         actions, predicted_next = rollout.step(real_latent, real_proprio)
         ... execute ``actions`` (L env steps), observe the real next frame ...
 
+A batch of B independent episodes steps in lockstep (one batched call a decision,
+the KV-cache's batch dimension): pass ``generator`` as a list of B generators, one an
+episode, and each episode samples exactly what it would sample alone.
+
 The frame passed to :meth:`Rollout.observe` is always the one that enters the
 context: in closed loop the real observed frame takes the place of the predicted
 one; for open-loop video prediction pass the prediction back instead.
@@ -23,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from par.baseline import BCPolicy, BCRollout
+from par.diffusion import Generators
 from par.mask import Layout, attention_mask, step_layout, task_layout
 from par.model import PAR
 from par.tokenizers import check_shape
@@ -36,14 +41,15 @@ class Rollout:
         self,
         model: PAR,
         task: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         use_cache: bool = True,
         video: bool = False,
         action_steps: int | None = None,
         frame_steps: int | None = None,
         action_samples: int = 1,
     ) -> None:
-        """``video``: frame-only rollout (a video-pretrained model predicting frames).
+        """``generator``: one for the batch, or one per episode (row of ``task``).
+        ``video``: frame-only rollout (a video-pretrained model predicting frames).
 
         ``action_steps`` / ``frame_steps`` override the samplers' inference steps.
         ``action_samples`` > 1 draws that many chunks in one batched call and keeps
@@ -56,6 +62,8 @@ class Rollout:
         self.config = model.config
         self.task = task
         self.batch = int(task.shape[0])
+        if not (generator is None or isinstance(generator, torch.Generator) or len(generator) == self.batch):
+            raise ValueError(f"{len(generator)} generators for a batch of {self.batch} episodes")
         self.generator = generator
         self.use_cache = use_cache
         self.video = video
@@ -208,7 +216,7 @@ class Rollout:
         return actions, self.predict_frame() if predict else None
 
 
-def rollout_for(model: PAR | BCPolicy, task: torch.Tensor, generator: torch.Generator | None = None, **kwargs):
+def rollout_for(model: PAR | BCPolicy, task: torch.Tensor, generator: Generators = None, **kwargs):
     """The closed-loop driver of a model: a PAR Rollout, or the baseline's."""
     if isinstance(model, BCPolicy):
         return BCRollout(model, task, generator)

@@ -313,6 +313,10 @@ class EvaluateParams(Section):
     # Chunks drawn per decision (one batched call); the medoid is executed (par.sampling).
     action_samples: PositiveInt = 1
     shards: PositiveInt = 1  # seed shards a task (parallel evaluation workers)
+    # Environments one evaluate process steps together (worker processes), one batched
+    # policy call a decision; 0 = one a core, at most 8 (components.evaluate.envs_for).
+    # Outcomes do not depend on it: each episode keeps its seeds.
+    num_envs: int = Field(default=0, ge=0)
     # torch threads of one evaluate process; 0 = torch's default (every core). When the
     # DAG runs tasks and shards side by side, give each cores / parallel workers: two
     # processes both using every core of this 2-core machine ran 5-10x slower, not 2x.

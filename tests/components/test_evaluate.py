@@ -6,14 +6,24 @@ import json
 import shutil
 import subprocess
 import sys
+from contextlib import closing
 
 import numpy as np
 import pytest
 import torch
 
-from components.evaluate import evaluate, evaluate_sharded, merge, protocol_seeds, shard_plan
+from components.evaluate import (
+    chunk_env_spec,
+    evaluate,
+    evaluate_sharded,
+    merge,
+    protocol_seeds,
+    run_wave,
+    shard_plan,
+)
 from components.formats.params import EvaluateParams, load_params
 from components.formats.policy import bundle_sha256, load_policy
+from components.integrations.chunk_env import NON_FINITE, vector_env
 from components.ml.metrics import wilson_interval
 from tests.cli import run_module
 from tests.components.conftest import nan_action_policy
@@ -54,6 +64,43 @@ def test_sharded_evaluation_gives_the_serial_results(policy_dir, smoke_params, t
     assert len(list((tmp_path / "sharded" / "videos").glob("*.mp4"))) == params.evaluate.videos == 1
     with pytest.raises(Exception, match="overlap"):
         merge([tmp_path / "serial", tmp_path / "serial"], tmp_path / "dup")
+
+
+def test_a_batch_of_envs_steps_each_episode_as_it_runs_alone(policy_dir, smoke_params):
+    """``evaluate.num_envs``: 3 episodes in 3 worker envs, one batched policy call a
+    decision, give every frame of each episode bit for bit as each one alone in one env."""
+    params = load_params(smoke_params).evaluate
+    policy = load_policy(policy_dir)
+    spec = chunk_env_spec(policy, "PushCube-v1", policy.task_info("PushCube-v1"), max_steps=40)
+    pairs = [(1_000_000 + k, 1_000_000 + k) for k in range(3)]
+    with closing(vector_env(spec, 3)) as envs:
+        batched = run_wave(policy, envs, 0, pairs, [True] * 3, params)
+    with closing(vector_env(spec, 1)) as env:
+        alone = [run_wave(policy, env, 0, [pair], [True], params)[0] for pair in pairs]
+    assert not np.array_equal(alone[0]["frames"], alone[1]["frames"])  # the seeds differ: the test can fail
+    for together, by_itself in zip(batched, alone, strict=True):
+        assert together.pop("policy_seconds") >= 0 and by_itself.pop("policy_seconds") >= 0
+        frames = together.pop("frames")
+        assert frames.shape == (41, 64, 64, 3) and np.array_equal(frames, by_itself.pop("frames"))
+        assert together == by_itself and together["steps"] == 40
+    assert [r["seed"] for r in batched] == [s for s, _ in pairs]
+
+
+def test_an_episode_that_ends_early_leaves_the_batch_stepping(policy_dir):
+    """A non-finite chunk ends that env's episode (failure recorded, nothing stepped);
+    its later steps are no-ops while the other env goes on."""
+    policy = load_policy(policy_dir)
+    spec = chunk_env_spec(policy, "PushCube-v1", policy.task_info("PushCube-v1"), max_steps=40)
+    with closing(vector_env(spec, 2)) as envs:
+        envs.reset(seed=[1, 2])
+        actions = np.zeros((2, spec.chunk_len, spec.action_dim), np.float32)
+        actions[0, 3, 1] = np.nan
+        _, _, _, _, info = envs.step(actions)
+        assert list(info["over"]) == [True, False]
+        _, _, _, _, info = envs.step(np.zeros_like(actions))
+        first, second = envs.call("row")
+    assert first["failure"] == NON_FINITE and first["steps"] == 0 and not first["success_once"]
+    assert second["failure"] == "" and second["steps"] == 2 * spec.chunk_len
 
 
 def test_a_policy_that_emits_nan_fails_its_episodes_without_crashing(policy_dir, smoke_params, tmp_path):

@@ -1,0 +1,168 @@
+"""Closed-loop evaluation's environments: one ManiSkill env behind a gymnasium ``Env``
+whose step executes a whole action chunk, and N of them in gymnasium's vector API.
+
+``ChunkEnv`` keeps a fair evaluation's rules (terminations ignored, every episode runs
+``max_steps``) and the episode's record (``Episode``): its step takes a chunk (L, A) of
+denormalised actions, steps them (only the last one rendered, unless the episode is
+recorded: ``maniskill.step_unobserved``) and returns the frame and proprio after the
+chunk. A non-finite chunk fails the episode without stepping (a NaN-emitting policy
+fails its episode, it does not crash the run), and once an episode is over every step
+is a no-op, so a batch steps its envs in lockstep while some of them idle.
+
+``vector_env`` builds N of them: gymnasium's ``AsyncVectorEnv`` (one worker process
+each, observations through shared memory, autoreset disabled: the evaluation resets
+each wave of episodes with its seeds) or, for N = 1, ``SyncVectorEnv`` in this process.
+The ManiSkill env is made on the first reset, in the process that steps it, so the
+spaces are declared from the policy's shapes and the vector env's probe costs nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from components.integrations.maniskill import (
+    frame_of,
+    make_env,
+    progress_flags,
+    proprio_of,
+    scalar,
+    step_unobserved,
+)
+
+NON_FINITE = "policy emitted non-finite actions"
+
+
+@dataclass
+class Episode:
+    """What one closed-loop episode did so far."""
+
+    steps: int = 0
+    success: bool = False
+    success_once: bool = False
+    first_success: int | None = None
+    failure: str = ""
+    reached: dict[str, bool] = field(default_factory=dict)  # progress flags true at some step
+    frames: list[np.ndarray] = field(default_factory=list)
+
+    def record_step(self, info: dict) -> None:
+        self.steps += 1
+        self.success = bool(scalar(info["success"]))
+        for key, flag in progress_flags(info).items():
+            self.reached[key] = self.reached.get(key, False) or flag
+        if self.success and self.first_success is None:
+            self.first_success = self.steps
+        self.success_once |= self.success
+
+    def row(self, env_seed: int) -> dict[str, Any]:
+        row = {
+            "seed": env_seed,
+            "success_once": self.success_once,
+            "success_at_end": self.success and not self.failure,
+            "steps": self.steps,
+            "first_success_step": self.first_success,
+            "failure": self.failure,
+            "reached": self.reached,
+        }
+        if self.frames:
+            row["frames"] = np.stack(self.frames)
+        return row
+
+
+@dataclass(frozen=True)
+class ChunkEnvSpec:
+    """Everything a worker needs to build its env (picklable: workers are spawned)."""
+
+    task: str
+    env_kwargs: dict[str, Any]
+    cameras: list[str]
+    proprio: list[str]  # the proprio layout the policy reads; [] for none
+    frame_shape: tuple[int, int, int]
+    proprio_dim: int
+    chunk_len: int
+    action_dim: int
+    max_steps: int
+
+
+class ChunkEnv(gym.Env):
+    """One evaluation env whose step executes an action chunk; see the module's doc.
+    Set ``record`` before a reset to keep every frame of that episode."""
+
+    def __init__(self, spec: ChunkEnvSpec) -> None:
+        self.setup = spec
+        self.record = False
+        spaces = {"frame": gym.spaces.Box(0, 255, spec.frame_shape, np.uint8)}
+        if spec.proprio_dim:
+            spaces["proprio"] = gym.spaces.Box(-np.inf, np.inf, (spec.proprio_dim,), np.float32)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-np.inf, np.inf, (spec.chunk_len, spec.action_dim), np.float32)
+        self._env: Any = None
+        self._obs: dict[str, np.ndarray] = {}
+        self._episode = Episode()
+        self._seed = -1
+
+    def _observe(self, obs: dict) -> dict[str, np.ndarray]:
+        self._obs = {"frame": frame_of(obs, self.setup.cameras)}
+        if self.setup.proprio_dim:
+            self._obs["proprio"] = proprio_of(obs, self.setup.proprio)
+        return self._obs
+
+    @property
+    def over(self) -> bool:
+        return bool(self._episode.failure) or self._episode.steps >= self.setup.max_steps
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        if self._env is None:
+            self._env = make_env(self.setup.task, dict(self.setup.env_kwargs, max_episode_steps=self.setup.max_steps))
+        obs, _ = self._env.reset(seed=seed)
+        self._seed = -1 if seed is None else seed
+        observed = self._observe(obs)
+        self._episode = Episode(frames=[observed["frame"]] if self.record else [])
+        return observed, {"over": False}
+
+    def step(self, actions: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        """Execute a chunk; the observation after it. Terminations are never reported
+        (the vector env would ask for a reset): ``info["over"]`` says the episode ended."""
+        if not self.over:
+            if np.isfinite(actions).all():
+                self._execute(actions)
+            else:
+                self._episode.failure = NON_FINITE
+        return self._obs, 0.0, False, False, {"over": self.over}
+
+    def _execute(self, actions: np.ndarray) -> None:
+        obs = None
+        for k, action in enumerate(actions):
+            if self.record or k == len(actions) - 1:
+                obs, _, _, _, info = self._env.step(action)
+            else:
+                info = step_unobserved(self._env, action)
+            self._episode.record_step(info)
+            if self.record:
+                self._episode.frames.append(frame_of(obs, self.setup.cameras))
+            if self._episode.steps >= self.setup.max_steps:
+                break
+        if obs is not None:  # None: the episode ended inside the chunk (its last frame unused)
+            self._observe(obs)
+
+    def row(self) -> dict[str, Any]:
+        """The episode's row (its frames too when it was recorded)."""
+        return self._episode.row(self._seed)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+
+def vector_env(spec: ChunkEnvSpec, num_envs: int) -> gym.vector.VectorEnv:
+    """``num_envs`` ChunkEnvs: worker processes (spawned), or this process for one."""
+    make = functools.partial(ChunkEnv, spec)
+    mode = gym.vector.AutoresetMode.DISABLED
+    if num_envs == 1:
+        return gym.vector.SyncVectorEnv([make], autoreset_mode=mode)
+    return gym.vector.AsyncVectorEnv([make] * num_envs, context="spawn", autoreset_mode=mode)
