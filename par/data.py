@@ -101,13 +101,21 @@ class WindowSampler:
             actions=None if self.video else ep.actions[ai][None],
         )
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
+    def sample(self, batch_size: int, generator: torch.Generator | None = None, rows: slice | None = None) -> Batch:
+        """A batch of ``batch_size`` windows, or only its ``rows`` (one process's share of a
+        global batch): every window of the batch is drawn from ``generator`` either way,
+        so the processes' rows together are exactly the batch one process would draw, and
+        ``drawn`` counts the whole batch."""
         picks = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator)
         self.drawn += torch.bincount(picks, minlength=len(self.episodes))
+        keep = range(batch_size)[rows if rows is not None else slice(None)]
         windows = []
-        for i in picks.tolist():
+        for row, i in enumerate(picks.tolist()):
             start = int(torch.randint(0, self.episodes[i].length, (1,), generator=generator))
-            windows.append(self.window(i, start))
+            if row in keep:
+                windows.append(self.window(i, start))
+        if not windows:
+            raise ValueError(f"rows {rows} of a batch of {batch_size} hold no window")
         return collate(windows)
 
 

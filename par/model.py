@@ -105,6 +105,11 @@ class NoiseDraw:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return NoiseDraw(move(self.frame_noise), move(self.frame_t), move(self.action_noise), move(self.action_t))
 
+    def rows(self, rows: slice) -> NoiseDraw:
+        """The draw of some rows of the batch (one process's share of a global batch)."""
+        cut = lambda t: None if t is None else t[rows]  # noqa: E731
+        return NoiseDraw(cut(self.frame_noise), cut(self.frame_t), cut(self.action_noise), cut(self.action_t))
+
     def slice_steps(self, start: int, stop: int) -> NoiseDraw:
         cut = slice(start, stop)
         return NoiseDraw(
@@ -241,9 +246,13 @@ class PAR(nn.Module):
         """Condition of next-frame token i: (..., N, d), (..., d) -> (..., N, d)."""
         return self.frame_cond_token(h_frame) + self.frame_cond_step(h_last)[..., None, :]
 
-    def draw_noise(self, batch: Batch, generator: torch.Generator | None = None) -> NoiseDraw:
+    def draw_noise(
+        self, batch: Batch, generator: torch.Generator | None = None, batch_size: int | None = None
+    ) -> NoiseDraw:
+        """Noise and timesteps for ``batch``, or for ``batch_size`` rows shaped like it (a
+        global batch, of which ``batch`` is one process's rows: see :meth:`NoiseDraw.rows`)."""
         c = self.config
-        B, K = batch.task.shape[0], batch.steps
+        B, K = batch_size or batch.task.shape[0], batch.steps
         kf = c.frame_head.diffusion.timesteps_per_token
         draw = NoiseDraw(
             frame_noise=torch.randn(B, K, kf, c.frame_tokens, c.token_dim, generator=generator),

@@ -3,6 +3,14 @@
 The trainer owns the optimizer, the step counter and the data RNG, and exposes
 them as ``state_dict()`` so that a caller (the pipeline's train component) can
 checkpoint and resume to the same weights as an uninterrupted run.
+
+Data parallel: given a :class:`Shard` of a ``torch.distributed`` process group, the
+model is wrapped in DistributedDataParallel and every process trains on its rows of
+each global batch of ``batch_size`` windows. Every process draws the whole batch's
+windows and noise from its own generator, seeded alike, and keeps its rows: together
+the processes train on exactly the batch one process would, and DDP's mean of their
+gradients is the gradient of the global batch's mean loss. Losses are reported as
+that global mean.
 """
 
 from __future__ import annotations
@@ -13,10 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from par.config import TrainConfig
 from par.data import WindowSampler
-from par.model import PAR, LossOutput
+from par.model import PAR, Batch, LossOutput, NoiseDraw
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -48,17 +58,65 @@ class StepResult:
     grad_norm: float
 
 
-class Trainer:
-    """Teacher-forced training of a PAR on sampled windows."""
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of every global batch: one rank of ``world_size`` processes
+    of an initialised ``torch.distributed`` process group (the default: the whole batch)."""
 
-    def __init__(self, model: PAR, sampler: WindowSampler, config: TrainConfig) -> None:
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not one of {self.world_size} processes")
+
+    def rows(self, batch_size: int) -> slice:
+        """Rows ``[rank * b, (rank + 1) * b)`` of the batch, ``b = batch_size / world_size``."""
+        if batch_size % self.world_size:
+            raise ValueError(f"a batch of {batch_size} does not split evenly over {self.world_size} processes")
+        share = batch_size // self.world_size
+        return slice(self.rank * share, (self.rank + 1) * share)
+
+
+class _Loss(torch.nn.Module):
+    """The model's training loss as a module's forward: what DDP wraps (it synchronises
+    the gradients of forward calls only)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch, noise: NoiseDraw | None) -> LossOutput:
+        return self.model.loss(batch, noise)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when available (the current device, which a data-parallel caller
+    sets to its local rank's GPU), else the CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and dist.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+class Trainer:
+    """Teacher-forced training of a PAR on sampled windows (data parallel with a :class:`Shard`)."""
+
+    def __init__(self, model: PAR, sampler: WindowSampler, config: TrainConfig, shard: Shard | None = None) -> None:
         self.model, self.sampler, self.config = model, sampler, config
+        self.shard = shard or Shard()
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.device = torch.device(
-            ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
-        )
+        self.device = resolve_device(config.device)
         model.to(self.device)
+        self.net: torch.nn.Module = _Loss(model)
+        if self.shard.world_size > 1:
+            if not dist.is_initialized() or dist.get_world_size() != self.shard.world_size:
+                raise RuntimeError(f"a shard of {self.shard.world_size} processes needs their process group")
+            # Video pretraining leaves the action head unused: DDP must not wait for its gradients.
+            self.net = DistributedDataParallel(self.net, find_unused_parameters=sampler.video)
         self.optimizer = make_optimizer(model, config)
         self.step = 0
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -72,19 +130,31 @@ class Trainer:
         lr = lr_at(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = self.sampler.sample(self.config.batch_size, self.generator)
-        noise = self.model.draw_noise(batch, self.generator) if hasattr(self.model, "draw_noise") else None
+        size, rows = self.config.batch_size, self.shard.rows(self.config.batch_size)
+        batch = self.sampler.sample(size, self.generator, rows)
+        noise = None
+        if hasattr(self.model, "draw_noise"):
+            noise = self.model.draw_noise(batch, self.generator, batch_size=size).rows(rows).to(self.device)
         batch = batch.to(self.device)
-        noise = noise.to(self.device) if noise is not None else None
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            out = self.model.loss(batch, noise)
+            out = self.net(batch, noise)
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self._update_ema()
         self.step += 1
-        return StepResult(self.step, out, lr, time.perf_counter() - start, float(grad_norm))
+        return StepResult(self.step, self._global(out), lr, time.perf_counter() - start, float(grad_norm))
+
+    def _global(self, out: LossOutput) -> LossOutput:
+        """The losses of the global batch: the mean of the processes' (equal shares)."""
+        if self.shard.world_size == 1:
+            return out
+        parts = [out.total, out.frame, out.action, out.per_step]
+        values = torch.cat([p.detach().float().reshape(-1).to(self.device) for p in parts])
+        dist.all_reduce(values)
+        values /= self.shard.world_size
+        return LossOutput(total=values[0], frame=values[1], action=values[2], per_step=values[3:])
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -113,19 +183,32 @@ class Trainer:
                 on_step(result)
 
     def state_dict(self) -> dict:
-        return {
+        """Everything a resume needs. Data parallel, ``ranks`` holds every process's data
+        RNG and sampler state: a collective call, which every process must make."""
+        state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "ema": None if self.ema is None else {k: v.cpu() for k, v in self.ema.items()},
             "sampler": self.sampler.state_dict(),
         }
+        if self.shard.world_size > 1:
+            ranks: list[dict | None] = [None] * self.shard.world_size
+            dist.all_gather_object(ranks, {"generator": state["generator"], "sampler": state["sampler"]})
+            state["ranks"] = ranks
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.step = int(state["step"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        own = state
+        if self.shard.world_size > 1 or "ranks" in state:
+            ranks = state.get("ranks") or [state]
+            if len(ranks) != self.shard.world_size:
+                raise ValueError(f"the state holds {len(ranks)} processes' data RNG, not {self.shard.world_size}")
+            own = ranks[self.shard.rank]
+        self.generator.set_state(own["generator"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema = {k: v.to(self.device) for k, v in state["ema"].items()}
-        if state.get("sampler") is not None:  # checkpoints before it kept no sampler state
-            self.sampler.load_state_dict(state["sampler"])
+        if own.get("sampler") is not None:  # checkpoints before it kept no sampler state
+            self.sampler.load_state_dict(own["sampler"])

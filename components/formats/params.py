@@ -215,6 +215,19 @@ class OptimParams(TrainConfig):
     # Measured once, all-tasks with 600
     # StackCube demos (experiments/all-tasks-stack600): PickCube fell, so no profile sets it.
     balance_tasks: bool = False
+    # Training processes on this machine (torchrun, DistributedDataParallel: one GPU each
+    # on a GPU machine, gloo on the CPU); each trains on batch_size / nproc windows of every
+    # batch, so the batch, and the run's result, stay those of one process.
+    nproc: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> OptimParams:
+        if self.batch_size % self.nproc:
+            raise ValueError(
+                f"batch_size {self.batch_size} does not split over nproc {self.nproc} processes: "
+                "choose a batch_size that nproc divides"
+            )
+        return self
 
 
 DEMOS = "demos"  # pretrain.mix's name for the training frames of the run's own demos

@@ -11,6 +11,12 @@ to the newest). Training state holds the optimizer, the data/noise RNG, the step
 MLflow run id. Rerun after a kill and training resumes from ``last``, continues the same
 MLflow run, and ends with the same weights as an uninterrupted run. Checkpoints made
 under another configuration are set aside, not resumed.
+
+With ``nproc`` above 1 the command line launches torchrun (components.ml.distributed)
+and every rank runs :func:`fit`: all of them train (DDP, a share of each global batch
+each), rank 0 alone opens the MLflow run, writes checkpoints (with every rank's data
+RNG and sampler state) and the outputs; on resume every rank loads the checkpoint
+rank 0 chose.
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +40,8 @@ from components.formats.latents import load_episodes, load_stats
 from components.formats.params import OptimParams, Params
 from components.formats.plots import save_grid, save_loss_plot
 from components.formats.policy import normalizers_from_stats, save_policy
+from components.ml import distributed
+from components.ml.distributed import World, broadcast, check_world
 from components.ml.models import build_model, train_config
 from components.ml.vae import load_vae
 from components.ml.video_data import VideoData, video_data
@@ -175,11 +185,12 @@ class CheckpointStore:
         self.root.mkdir(parents=True, exist_ok=True)
         write_json(self.root / "run.json", {"run_id": run_id})
 
-    def save(self, model: PAR | BCPolicy, trainer: Trainer, run_id: str) -> Path:
-        target = self.root / f"{trainer.step:06d}"
+    def save(self, model: PAR | BCPolicy, training_state: dict[str, Any], run_id: str) -> Path:
+        """Write the model and ``training_state`` (``Trainer.state_dict()``) as the newest checkpoint."""
+        target = self.root / f"{training_state['step']:06d}"
         with atomic_output(target) as tmp:
             save_model(model, tmp / "model")
-            state = {**trainer.state_dict(), "run_id": run_id, "fingerprint": self.fingerprint}
+            state = {**training_state, "run_id": run_id, "fingerprint": self.fingerprint}
             torch.save(state, tmp / "training_state.pt")
         link = self.root / ".last.tmp"
         if link.is_symlink() or link.exists():
@@ -193,7 +204,9 @@ def fingerprint(setup: Setup) -> str:
     """What a checkpoint must have been made under to be resumed."""
     config: ModelConfig | BCConfig = setup.model.config
     stats = setup.stats
-    payload = [setup.mode, config.model_dump(), setup.optim.model_dump(), setup.tasks]
+    # nproc 1 is left out: single-process checkpoints made before it existed stay resumable.
+    optim = setup.optim.model_dump(exclude={"nproc"} if setup.optim.nproc == 1 else None)
+    payload = [setup.mode, config.model_dump(), optim, setup.tasks]
     payload += [stats["latent_mean"], stats["latent_std"], setup.init]
     if setup.video is not None:  # the corpus is not in the latent statistics: its counts are
         payload.append(setup.video.summary())
@@ -266,24 +279,35 @@ class LossLog:
             self.progress.update(note=note)
 
 
-def _resume(store: CheckpointStore, setup: Setup, trainer: Trainer) -> tuple[str | None, list[dict[str, float]]]:
+def _resume(
+    store: CheckpointStore, setup: Setup, trainer: Trainer, world: World
+) -> tuple[str | None, list[dict[str, float]]]:
     """Continue from the newest checkpoint, if one was made under this configuration:
-    its weights and optimizer state, its MLflow run id and its loss history."""
-    history_file = store.root / "history.jsonl"
-    resumed = store.latest()
-    run_id, history = None, []
-    if resumed is not None:
-        path, state = resumed
+    its weights and optimizer state, its MLflow run id and its loss history. Rank 0
+    picks it (and sets stale ones aside); every rank loads it, each its own data RNG."""
+    resumed = store.latest() if world.leader else None
+    found = broadcast(world, None if resumed is None else str(resumed[0]))
+    run_id = None
+    if found is not None:
+        path = Path(found)
+        state = resumed[1] if resumed is not None else torch.load(path / "training_state.pt", weights_only=True)
         setup.model.load_state_dict(load_model(path / "model").state_dict())
         trainer.load_state_dict(state)
         run_id = state.get("run_id")
         log.info("resuming %s from step %d (%s)", setup.mode, trainer.step, path)
-        if history_file.exists():
-            history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()]
-            history = [h for h in history if h["step"] <= trainer.step]
+    return run_id, _history(store, trainer.step if found is not None else None) if world.leader else []
+
+
+def _history(store: CheckpointStore, step: int | None) -> list[dict[str, float]]:
+    """The loss rows up to the resumed ``step`` (none when starting afresh), rewritten."""
+    history_file = store.root / "history.jsonl"
+    history = []
+    if step is not None and history_file.exists():
+        history = [json.loads(line) for line in history_file.read_text().splitlines() if line.strip()]
+        history = [h for h in history if h["step"] <= step]
     store.root.mkdir(parents=True, exist_ok=True)
     history_file.write_text("".join(json.dumps(h) + "\n" for h in history))
-    return run_id, history
+    return history
 
 
 @torch.no_grad()
@@ -319,18 +343,31 @@ def frame_strip(model: PAR, setup: Setup, vae_dir: Path, path: Path, steps: int 
     model.train(was_training)
 
 
-def _train_steps(setup: Setup, trainer: Trainer, store: CheckpointStore, losses: LossLog, run: Any, paths: FitPaths):
-    """Train to ``optim.steps``, a checkpoint (and a frame strip) every ``checkpoint_every``."""
-    optim, model = setup.optim, setup.model
+def _train_steps(
+    trainer: Trainer, optim: OptimParams, on_step: LossLog | None, on_checkpoint: Callable[[dict[str, Any]], None]
+) -> None:
+    """Train to ``optim.steps``, a checkpoint every ``checkpoint_every``. Every rank
+    calls this: the training state gathers every rank's data RNG."""
     while trainer.step < optim.steps:
         target = min(optim.steps, (trainer.step // optim.checkpoint_every + 1) * optim.checkpoint_every)
-        trainer.run(until=target, on_step=losses)
-        store.save(model, trainer, run.info.run_id)
-        if isinstance(model, PAR):  # predicted vs real frames at every checkpoint (and in MLflow)
-            strip = paths.checkpoints / "frames" / f"step{trainer.step:06d}.png"
-            frame_strip(model.cpu(), setup, paths.encoded / "vae", strip)
-            model.to(trainer.device)
-            losses.mlflow.log_artifact(str(strip), "frames")
+        trainer.run(until=target, on_step=on_step)
+        on_checkpoint(trainer.state_dict())
+
+
+def _checkpointer(
+    setup: Setup, store: CheckpointStore, run: Any, paths: FitPaths, mlflow: Any
+) -> Callable[[dict[str, Any]], None]:
+    """Rank 0's checkpoint: the model and training state, and (PAR) a strip of predicted vs
+    real frames, drawn by the checkpoint's own weights on the CPU (also in MLflow)."""
+
+    def save(state: dict[str, Any]) -> None:
+        saved = store.save(setup.model, state, run.info.run_id)
+        if isinstance(setup.model, PAR):
+            strip = paths.checkpoints / "frames" / f"step{state['step']:06d}.png"
+            frame_strip(load_model(saved / "model"), setup, paths.encoded / "vae", strip)
+            mlflow.log_artifact(str(strip), "frames")
+
+    return save
 
 
 def _finish(setup: Setup, trainer: Trainer, history: list[dict], seconds: float, run: Any, paths: FitPaths) -> dict:
@@ -364,16 +401,43 @@ def _finish(setup: Setup, trainer: Trainer, history: list[dict], seconds: float,
 
 
 def fit(mode: Mode, params: Params, params_path: Path, paths: FitPaths, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the ``mode`` stage to its last step; returns its metrics."""
+    """Run (or resume) the ``mode`` stage to its last step; returns its metrics (rank 0's;
+    other torchrun ranks train beside it and return an empty dict)."""
+    world = World.from_environment()
+    optim: OptimParams = params.pretrain if mode == "pretrain" else params.train
+    if skip_reason(mode, params) is None:
+        check_world(mode, optim.nproc, optim.device, world)
+    distributed.start(world, optim.device)
+    try:
+        setup = prepare(mode, params, paths)
+        if setup is None:
+            return _write_skipped(skip_reason(mode, params) or "", paths) if world.leader else {"skipped": True}
+        trainer = Trainer(setup.model, setup.sampler(), train_config(setup.optim), shard=world.shard)
+        store = CheckpointStore(paths.checkpoints, fingerprint(setup))
+        if world.leader:
+            return _lead(setup, trainer, store, params_path, paths, progress, world)
+        _resume(store, setup, trainer, world)
+        _train_steps(trainer, setup.optim, None, lambda state: None)
+        return {}
+    finally:
+        distributed.stop(world)
+
+
+def _lead(
+    setup: Setup,
+    trainer: Trainer,
+    store: CheckpointStore,
+    params_path: Path,
+    paths: FitPaths,
+    progress: bool,
+    world: World,
+) -> dict[str, Any]:
+    """Rank 0 (or the only process): train beside the others, and track, checkpoint and write."""
     from components.integrations.tracking import end_abandoned_run, stage_run
 
-    setup = prepare(mode, params, paths)
-    if setup is None:
-        return _write_skipped(skip_reason(mode, params) or "", paths)
-    trainer = Trainer(setup.model, setup.sampler(), train_config(setup.optim))
-    store = CheckpointStore(paths.checkpoints, fingerprint(setup))
+    mode = setup.mode
     started_run = store.started_run()
-    run_id, history = _resume(store, setup, trainer)
+    run_id, history = _resume(store, setup, trainer, world)
     if started_run and started_run != run_id:  # killed before a checkpoint of its own, or stale
         end_abandoned_run(started_run, "killed before its first checkpoint, or its checkpoints were set aside")
     with stage_run(mode, params_path, run_id, tags={"par.tasks": ",".join(setup.tasks)}) as run:
@@ -385,7 +449,7 @@ def fit(mode: Mode, params: Params, params_path: Path, paths: FitPaths, progress
         losses = LossLog(store.root / "history.jsonl", history, setup.optim, mlflow)
         started = time.perf_counter()
         with Progress(mode, setup.optim.steps, "steps", done=trainer.step, enabled=progress) as losses.progress:
-            _train_steps(setup, trainer, store, losses, run, paths)
+            _train_steps(trainer, setup.optim, losses, _checkpointer(setup, store, run, paths, mlflow))
         metrics = _finish(setup, trainer, history, time.perf_counter() - started, run, paths)
     log.info("%s done: %d steps, final loss %.4f; wrote %s", mode, setup.optim.steps, metrics["final_loss"], paths.out)
     return metrics
@@ -411,4 +475,11 @@ def run_from_command_line(mode: Mode, argv: list[str] | None, description: str) 
     paths = FitPaths(
         args.encoded, args.out, args.checkpoints, args.metrics, args.plots, getattr(args, "pretrained", None)
     )
-    return fit(mode, load_params(args.params), args.params, paths, progress=not args.no_progress)
+    params = load_params(args.params)
+    optim = params.pretrain if mode == "pretrain" else params.train
+    if optim.nproc > 1 and not distributed.launched() and skip_reason(mode, params) is None:
+        # Bad input fails here (exit 2), before any rank starts; then this process becomes torchrun.
+        prepare(mode, params, paths)
+        check_world(mode, optim.nproc, optim.device, World(size=optim.nproc))
+        distributed.launch(f"components.{mode}", optim.nproc, sys.argv[1:] if argv is None else argv)
+    return fit(mode, params, args.params, paths, progress=not args.no_progress)

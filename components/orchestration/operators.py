@@ -5,7 +5,8 @@ a DAG file is parsed; no Airflow Variable, so parsing makes no metadata-database
 
 * ``local`` (default): a BashOperator in the worker's own environment, one machine;
 * ``docker``: a DockerOperator running the component image (``PAR_IMAGE``);
-* ``kubernetes``: a KubernetesPodOperator of that image (a GPU for train and evaluate).
+* ``kubernetes``: a KubernetesPodOperator of that image (a GPU for evaluate; for pretrain
+  and train, ``<stage>.nproc`` GPUs of the run's params, one a torchrun rank).
 
 The command is the stage's own line; ``local`` runs it with the run's folder as its
 working directory, the image runners as ``sh -c 'cd "$PAR_RUN_FOLDER" && exec ...'``
@@ -23,13 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.orchestration.runs import nightly_folder, run_folder, runs_root
+from components.orchestration.runs import nightly_folder, run_folder, runs_root, stage_gpus
 from components.orchestration.stages import load_stages
 
 RUNNERS = ("local", "docker", "kubernetes")
 IMAGE = os.environ.get("PAR_IMAGE", "localhost/par-components:cpu")
 FOLDER = "{{ run_folder(run_id) }}"  # the DAG run's folder, rendered when the task runs
-MACROS = {"run_folder": run_folder, "nightly_folder": nightly_folder}
+MACROS = {"run_folder": run_folder, "nightly_folder": nightly_folder, "stage_gpus": stage_gpus}
+# Stages that train on ``<stage>.nproc`` processes (torchrun, one GPU each): their pods ask
+# for that many GPUs, read from the run's params when the task runs (the form may change it).
+DISTRIBUTED = ("pretrain", "train")
 _PASSED_ON = (
     "MLFLOW_TRACKING_URI",
     "MLFLOW_TRACKING_USERNAME",  # a tracking server that asks for a login (infra/docker-compose.yaml)
@@ -73,7 +77,8 @@ def stage(name: str, tasks: Any = None, *, gpu: bool = False, **kwargs: Any) -> 
     (the run's task list, an upstream task's output)."""
     declared = load_stages()[name]
     if not declared.per_task:
-        return component(name, declared.command(), gpu=gpu, **kwargs)
+        gpus = f"{{{{ stage_gpus(run_id, '{name}') }}}}" if name in DISTRIBUTED else "1"
+        return component(name, declared.command(), gpu=gpu, gpus=gpus, **kwargs)
 
     def command_for(task: str) -> str:
         return declared.command(task)
@@ -89,6 +94,7 @@ class Launch:
     command: Any  # a command line, or an upstream output mapped to command lines
     mapped: bool
     gpu: bool
+    gpus: str  # how many, when ``gpu``: a number or a template rendered when the task runs
     env: dict[str, str]
     folder: str
     kwargs: dict[str, Any]
@@ -100,15 +106,17 @@ def component(
     *,
     mapped: bool = False,
     gpu: bool = False,
+    gpus: str = "1",
     folder: str = FOLDER,
     env: dict[str, str] | None = None,
     **kwargs: Any,
 ) -> Any:
     """A task of the configured runner that runs ``command`` (a command line, or, when
     ``mapped``, an upstream output mapped to command lines) in the run's ``folder``;
-    ``env`` adds (templated) variables to :func:`environment`'s."""
+    ``gpus``: how many GPUs a ``gpu`` pod asks for (a template is rendered when the task
+    runs); ``env`` adds (templated) variables to :func:`environment`'s."""
     build = {"local": _bash, "docker": _docker, "kubernetes": _pod}[runner()]
-    return build(Launch(task_id, command, mapped, gpu, environment(folder) | (env or {}), folder, kwargs))
+    return build(Launch(task_id, command, mapped, gpu, gpus, environment(folder) | (env or {}), folder, kwargs))
 
 
 def _expand(operator: Any, common: dict[str, Any], field: str, value: Any, mapped: bool) -> Any:
@@ -146,7 +154,9 @@ def _docker(launch: Launch) -> Any:
         mount_tmp_dir=False,
         user=f"{os.getuid()}:{os.getgid()}",
         network_mode=os.environ.get("PAR_DOCKER_NETWORK"),  # e.g. the compose network, to reach MLflow
+        # Every GPU of the host: torchrun's ranks take the first <stage>.nproc of them.
         device_requests=[DeviceRequest(count=-1, capabilities=[["gpu"]])] if wants_gpu else None,
+        shm_size=2**30 if wants_gpu else None,  # NCCL's ranks talk through /dev/shm (64 MiB by default)
         auto_remove="success",
     )
     command = _image_form(launch.command, launch.mapped)
@@ -157,10 +167,17 @@ def _pod(launch: Launch) -> Any:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
+    # A GPU is an extended resource: its request is its limit. The count may be a template
+    # (Airflow renders a pod's resources when the task runs).
     resources = k8s.V1ResourceRequirements(
-        limits={"nvidia.com/gpu": "1"} if launch.gpu else None, requests={"cpu": "2", "memory": "8Gi"}
+        limits={"nvidia.com/gpu": launch.gpus} if launch.gpu else None, requests={"cpu": "2", "memory": "8Gi"}
     )
     claim = k8s.V1PersistentVolumeClaimVolumeSource(claim_name="par-runs")
+    volumes = [k8s.V1Volume(name="runs", persistent_volume_claim=claim)]
+    mounts = [k8s.V1VolumeMount(name="runs", mount_path=str(runs_root()))]
+    if launch.gpu:  # NCCL's ranks talk through /dev/shm, which a container gets only 64 MiB of
+        volumes.append(k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory")))
+        mounts.append(k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm"))
     common = dict(
         task_id=launch.task_id,
         name=launch.task_id.replace("_", "-"),
@@ -168,8 +185,8 @@ def _pod(launch: Launch) -> Any:
         cmds=["sh", "-c"],
         env_vars=launch.env,
         container_resources=resources,
-        volumes=[k8s.V1Volume(name="runs", persistent_volume_claim=claim)],
-        volume_mounts=[k8s.V1VolumeMount(name="runs", mount_path=str(runs_root()))],
+        volumes=volumes,
+        volume_mounts=mounts,
         get_logs=True,
         on_finish_action="delete_succeeded_pod",
     )

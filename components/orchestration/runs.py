@@ -87,6 +87,12 @@ FORM_FIELDS: dict[str, FormField] = {
         {"type": "integer", "minimum": 1},
         "Training steps on physical tokens (frames and action chunks); a checkpoint every train.checkpoint_every.",
     ),
+    "train_nproc": FormField(
+        ("train", "nproc"),
+        {"type": "integer", "minimum": 1},
+        "Training processes (torchrun, DistributedDataParallel): one GPU each, and as many GPUs asked of "
+        "the cluster; train.batch_size must split evenly over them.",
+    ),
     "episodes": FormField(
         ("evaluate", "episodes"),
         {"type": "integer", "minimum": 1},
@@ -167,6 +173,17 @@ def prepare_training_run(ui: dict[str, Any], run_id: str) -> list[str]:
     fails here, by name); returns the run's tasks, over which per-task stages map."""
     params = write_run_params(run_folder(run_id), run_params(ui), "the run's parameters")
     return list(params.tasks)
+
+
+def stage_gpus(run_id: str, section: str) -> str:
+    """The GPUs a run's training stage asks for: ``<section>.nproc`` of the run's params
+    (torchrun's ranks, one GPU each; 1 when unset). A macro of the DAGs, rendered into
+    the pod's resources when the task runs, after ``prepare`` wrote the params."""
+    data = yaml.safe_load((Path(run_folder(run_id)) / "params.yaml").read_text()) or {}
+    nproc = lookup(data, (section, "nproc")) or 1
+    if not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"{section}.nproc in the run's params.yaml is {nproc!r}, not a whole number of at least 1")
+    return str(nproc)
 
 
 def nightly_folder(run_id: str) -> str:

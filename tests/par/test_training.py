@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from par.data import WindowSampler
 from par.model import PAR
 from par.synthetic import make_episodes
-from par.training import TrainConfig, Trainer, lr_at
+from par.training import Shard, TrainConfig, Trainer, lr_at
 from tests.par.helpers import tiny_config
 
 
@@ -52,3 +53,29 @@ def test_ema_weights_lag_the_raw_ones_and_can_be_off():
     off = _trainer(config, ema_decay=0.0)
     off.run()
     assert all(torch.equal(v, off.model.state_dict()[k]) for k, v in off.averaged_state_dict().items())
+
+
+def test_the_shards_of_a_batch_are_the_batch_one_process_draws():
+    """Data parallel: each process keeps its rows of the global batch that every process
+    draws, so the processes' rows together are the one-process batch, noise included."""
+    config = tiny_config()
+    model = PAR(config)
+    episodes = make_episodes(config, 6, length=12)
+
+    def draw(shard: Shard):
+        sampler = WindowSampler(episodes, config.context_steps, config.chunk_len)
+        generator = torch.Generator().manual_seed(3)
+        rows = shard.rows(4)
+        batch = sampler.sample(4, generator, rows)
+        return batch, model.draw_noise(batch, generator, batch_size=4).rows(rows), sampler.drawn
+
+    (batch, noise, drawn), *parts = draw(Shard()), draw(Shard(0, 2)), draw(Shard(1, 2))
+    assert [p[0].task.shape[0] for p in parts] == [2, 2]
+    for whole, field in [(batch, f) for f in ("task", "frames", "proprio", "actions")] + [
+        (noise, f) for f in ("frame_noise", "frame_t", "action_noise", "action_t")
+    ]:
+        joined = torch.cat([getattr(p[0] if whole is batch else p[1], field) for p in parts])
+        assert torch.equal(joined, getattr(whole, field)), field
+    assert all(torch.equal(p[2], drawn) for p in parts)  # every process counts the whole batch
+    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
+        Shard(0, 3).rows(4)
