@@ -70,10 +70,16 @@ def protocol_seeds(params: EvaluateParams, seed_start: int | None, episodes: int
     return pairs[start:stop]
 
 
+GPU_ENVS = 128  # envs of one GPU simulation when evaluate.num_envs is 0
+
+
 def envs_for(params: EvaluateParams) -> int:
-    """``evaluate.num_envs``, or for 0 (auto) one env a core (at most 8) of this process's share."""
+    """``evaluate.num_envs``, or for 0 (auto): on the CPU one env a core (at most 8) of this
+    process's share; on the GPU 128."""
     if params.num_envs:
         return params.num_envs
+    if params.sim == "gpu":
+        return GPU_ENVS
     return max(1, min(8, (os.cpu_count() or 1) // params.shards))
 
 
@@ -178,7 +184,7 @@ def evaluate(
     max_steps = params.max_episode_steps.get(task, params.default_max_episode_steps)
     pairs = protocol_seeds(params, seed_start, episodes)
     num_envs = min(envs_for(params), len(pairs))
-    envs = vector_env(chunk_env_spec(policy, task, info, max_steps), num_envs)
+    envs = vector_env(chunk_env_spec(policy, task, info, max_steps), num_envs, params.sim)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()
     try:

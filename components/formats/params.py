@@ -330,6 +330,10 @@ class EvaluateParams(Section):
     # policy call a decision; 0 = one a core, at most 8 (components.evaluate.envs_for).
     # Outcomes do not depend on it: each episode keeps its seeds.
     num_envs: int = Field(default=0, ge=0)
+    # The simulation evaluation steps: cpu (worker processes, as the demos were made) or
+    # gpu (one ManiSkill GPU simulation of num_envs envs, 0 = 128; its success rates are
+    # comparable with GPU evaluations only; components.integrations.chunk_env).
+    sim: Literal["cpu", "gpu"] = "cpu"
     # torch threads of one evaluate process; 0 = torch's default (every core). When the
     # DAG runs tasks and shards side by side, give each cores / parallel workers: two
     # processes both using every core of this 2-core machine ran 5-10x slower, not 2x.

@@ -14,6 +14,12 @@ each, observations through shared memory, autoreset disabled: the evaluation res
 each wave of episodes with its seeds) or, for N = 1, ``SyncVectorEnv`` in this process.
 The ManiSkill env is made on the first reset, in the process that steps it, so the
 spaces are declared from the policy's shapes and the vector env's probe costs nothing.
+
+On a GPU, ``GpuChunkEnvs`` runs the N envs as one ManiSkill GPU simulation
+(``physx_cuda``, N in the hundreds) behind the same calls. PhysX on the GPU does not
+reproduce the CPU simulation's trajectories, so its success rates are compared with
+GPU evaluations only. It has not run here (no GPU): its code path is tested with the
+CPU simulation's single env.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from components.integrations.maniskill import (
     frame_of,
@@ -49,10 +56,11 @@ class Episode:
     reached: dict[str, bool] = field(default_factory=dict)  # progress flags true at some step
     frames: list[np.ndarray] = field(default_factory=list)
 
-    def record_step(self, info: dict) -> None:
+    def record_step(self, info: dict, env: int = 0) -> None:
+        """Count one control step of env ``env`` of the simulation that reported ``info``."""
         self.steps += 1
-        self.success = bool(scalar(info["success"]))
-        for key, flag in progress_flags(info).items():
+        self.success = bool(scalar(info["success"], env))
+        for key, flag in progress_flags(info, env).items():
             self.reached[key] = self.reached.get(key, False) or flag
         if self.success and self.first_success is None:
             self.first_success = self.steps
@@ -159,8 +167,85 @@ class ChunkEnv(gym.Env):
             self._env = None
 
 
-def vector_env(spec: ChunkEnvSpec, num_envs: int) -> gym.vector.VectorEnv:
-    """``num_envs`` ChunkEnvs: worker processes (spawned), or this process for one."""
+class GpuChunkEnvs:
+    """``num_envs`` evaluation envs in one ManiSkill simulation (``physx_cuda`` by
+    default): the calls of gymnasium's vector API that evaluation makes (``set_attr``
+    of ``record``, ``reset`` with a seed an env, ``step`` of a chunk an env, ``call`` of
+    ``row``), with ChunkEnv's rules. One simulation steps every env at every step: an env
+    whose episode is over steps zero actions, and its record stays as the episode ended."""
+
+    def __init__(self, spec: ChunkEnvSpec, num_envs: int, sim_backend: str = "physx_cuda") -> None:
+        self.setup, self.num_envs = spec, num_envs
+        self.single_action_space = gym.spaces.Box(-np.inf, np.inf, (spec.chunk_len, spec.action_dim), np.float32)
+        kwargs = dict(spec.env_kwargs, num_envs=num_envs, sim_backend=sim_backend, max_episode_steps=spec.max_steps)
+        self._env = make_env(spec.task, kwargs)
+        self.record = [False] * num_envs
+        self._episodes = [Episode() for _ in range(num_envs)]
+        self._seeds = [-1] * num_envs
+        self._obs: dict[str, np.ndarray] = {}
+
+    def set_attr(self, name: str, values: list[bool]) -> None:
+        if name != "record":
+            raise AttributeError(f"GpuChunkEnvs sets only 'record', not {name!r}")
+        self.record = [bool(v) for v in values]
+
+    def _observe(self, obs: dict) -> dict[str, np.ndarray]:
+        envs = range(self.num_envs)
+        self._obs = {"frame": np.stack([frame_of(obs, self.setup.cameras, i) for i in envs])}
+        if self.setup.proprio_dim:
+            self._obs["proprio"] = np.stack([proprio_of(obs, self.setup.proprio, i) for i in envs])
+        return self._obs
+
+    def _over(self) -> np.ndarray:
+        return np.array([bool(e.failure) or e.steps >= self.setup.max_steps for e in self._episodes])
+
+    def reset(self, *, seed: list[int], options: dict | None = None) -> tuple[dict, dict]:
+        obs, _ = self._env.reset(seed=list(seed))
+        self._seeds = list(seed)
+        frames = self._observe(obs)["frame"]
+        self._episodes = [Episode(frames=[frames[i]] if self.record[i] else []) for i in range(self.num_envs)]
+        return self._obs, {}
+
+    def step(self, actions: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, dict]:
+        finite = np.isfinite(actions).reshape(self.num_envs, -1).all(axis=1)
+        for i in np.flatnonzero(~self._over() & ~finite):
+            self._episodes[i].failure = NON_FINITE
+        live = ~self._over()
+        chunk = np.where(live[:, None, None], np.nan_to_num(actions), 0.0).astype(np.float32)
+        render_all = any(self.record[i] for i in np.flatnonzero(live))
+        obs = None
+        for k in range(chunk.shape[1]):
+            if not live.any():
+                break
+            action = torch.from_numpy(chunk[:, k]).to(self._env.unwrapped.device)
+            if render_all or k == chunk.shape[1] - 1:
+                obs, _, _, _, info = self._env.step(action)
+            else:
+                info = step_unobserved(self._env, action)
+            for i in np.flatnonzero(live):
+                self._episodes[i].record_step(info, int(i))
+                if self.record[i]:
+                    self._episodes[i].frames.append(frame_of(obs, self.setup.cameras, int(i)))
+            live &= ~self._over()
+        if obs is not None:
+            self._observe(obs)
+        zeros = np.zeros(self.num_envs, bool)
+        return self._obs, np.zeros(self.num_envs), zeros, zeros, {"over": self._over()}
+
+    def call(self, name: str) -> tuple[dict[str, Any], ...]:
+        if name != "row":
+            raise AttributeError(f"GpuChunkEnvs answers only 'row', not {name!r}")
+        return tuple(e.row(s) for e, s in zip(self._episodes, self._seeds, strict=True))
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def vector_env(spec: ChunkEnvSpec, num_envs: int, sim: str = "cpu") -> Any:
+    """``num_envs`` evaluation envs. ``sim="cpu"``: ChunkEnvs in worker processes
+    (spawned), or in this process for one; ``"gpu"``: one GPU simulation (GpuChunkEnvs)."""
+    if sim == "gpu":
+        return GpuChunkEnvs(spec, num_envs)
     make = functools.partial(ChunkEnv, spec)
     mode = gym.vector.AutoresetMode.DISABLED
     if num_envs == 1:

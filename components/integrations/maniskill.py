@@ -148,21 +148,21 @@ def step_unobserved(env: Any, action: Any) -> dict:
     return base.get_info()
 
 
-def frame_of(obs: dict, cameras: str | list[str]) -> np.ndarray:
-    """The RGB frame of the first (only) env: (H, W, 3) uint8 for one camera; for several,
-    their images side by side, (H, n * W, 3)."""
+def frame_of(obs: dict, cameras: str | list[str], env: int = 0) -> np.ndarray:
+    """The RGB frame of env ``env`` (the first, only one of a CPU simulation): (H, W, 3)
+    uint8 for one camera; for several, their images side by side, (H, n * W, 3)."""
     images = []
     for camera in [cameras] if isinstance(cameras, str) else cameras:
         rgb = obs["sensor_data"][camera]["rgb"]
-        images.append(np.asarray(rgb[0].cpu().numpy() if hasattr(rgb, "cpu") else rgb[0], dtype=np.uint8))
+        images.append(np.asarray(rgb[env].cpu().numpy() if hasattr(rgb, "cpu") else rgb[env], dtype=np.uint8))
     return images[0] if len(images) == 1 else np.concatenate(images, axis=1)
 
 
 GOAL_DIM = 3
 
 
-def _first_env(value: Any) -> np.ndarray:
-    return np.asarray(value[0].cpu().numpy() if hasattr(value, "cpu") else value[0], dtype=np.float32)
+def _env_row(value: Any, env: int = 0) -> np.ndarray:
+    return np.asarray(value[env].cpu().numpy() if hasattr(value, "cpu") else value[env], dtype=np.float32)
 
 
 def proprio_parts(info: dict[str, Any]) -> list[str]:
@@ -171,8 +171,8 @@ def proprio_parts(info: dict[str, Any]) -> list[str]:
     return list(info.get("proprio", DEFAULT_PROPRIO))
 
 
-def proprio_of(obs: dict, parts: Sequence[str] = DEFAULT_PROPRIO) -> np.ndarray:
-    """The state vector a policy reads beside the frame, ``parts`` in order:
+def proprio_of(obs: dict, parts: Sequence[str] = DEFAULT_PROPRIO, env: int = 0) -> np.ndarray:
+    """The state vector a policy reads beside the frame (of env ``env``), ``parts`` in order:
 
     * ``qpos``: the robot's joint positions (9 for the Panda).
     * ``goal_pos``: ManiSkill's ``extra.goal_pos`` where a visual observation carries it:
@@ -187,33 +187,36 @@ def proprio_of(obs: dict, parts: Sequence[str] = DEFAULT_PROPRIO) -> np.ndarray:
     extra = obs.get("extra", {})
     goal = extra.get("goal_pos")
     values = {
-        "qpos": lambda: _first_env(obs["agent"]["qpos"]),
-        "goal_pos": lambda: np.zeros(GOAL_DIM, np.float32) if goal is None else _first_env(goal),
+        "qpos": lambda: _env_row(obs["agent"]["qpos"], env),
+        "goal_pos": lambda: np.zeros(GOAL_DIM, np.float32) if goal is None else _env_row(goal, env),
         "tcp_to_goal": lambda: (
-            np.zeros(GOAL_DIM, np.float32) if goal is None else _first_env(goal) - _first_env(extra["tcp_pose"])[:3]
+            np.zeros(GOAL_DIM, np.float32)
+            if goal is None
+            else _env_row(goal, env) - _env_row(extra["tcp_pose"], env)[:3]
         ),
     }
     return np.concatenate([values[part]() for part in parts])
 
 
-def progress_flags(info: dict) -> dict[str, bool]:
+def progress_flags(info: dict, env: int = 0) -> dict[str, bool]:
     """The task's boolean progress flags in a step's info (what its ``evaluate()``
     reports besides success: PickCube's ``is_grasped``, ``is_obj_placed``,
     ``is_robot_static``; StackCube's ``is_cubeA_grasped``, ``is_cubeA_on_cubeB``...):
     where a failed episode stopped."""
     return {
-        key: bool(scalar(value))
+        key: bool(scalar(value, env))
         for key, value in info.items()
         if key not in ("success", "fail")
         and (isinstance(value, bool) or str(getattr(value, "dtype", "")) in ("bool", "torch.bool"))
     }
 
 
-def scalar(value: Any) -> float:
-    """A 1-env tensor/array/bool as a Python number."""
+def scalar(value: Any, env: int = 0) -> float:
+    """Env ``env``'s entry of a per-env tensor/array (or a bool) as a Python number."""
     if hasattr(value, "cpu"):
         value = value.cpu().numpy()
-    return float(np.asarray(value).reshape(-1)[0])
+    flat = np.asarray(value).reshape(-1)
+    return float(flat[env if flat.size > 1 else 0])
 
 
 def versions() -> dict[str, str]:

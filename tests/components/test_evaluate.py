@@ -86,6 +86,23 @@ def test_a_batch_of_envs_steps_each_episode_as_it_runs_alone(policy_dir, smoke_p
     assert [r["seed"] for r in batched] == [s for s, _ in pairs]
 
 
+def test_the_gpu_simulation_path_runs_an_episode_as_a_worker_env_does(policy_dir, smoke_params):
+    """GpuChunkEnvs (one ManiSkill simulation of N envs) cannot run N > 1 here without a
+    GPU; with the CPU simulation's single env its code gives what ChunkEnv gives."""
+    from components.integrations.chunk_env import GpuChunkEnvs
+
+    params = load_params(smoke_params).evaluate
+    policy = load_policy(policy_dir)
+    spec = chunk_env_spec(policy, "PushCube-v1", policy.task_info("PushCube-v1"), max_steps=40)
+    with closing(GpuChunkEnvs(spec, 1, sim_backend="physx_cpu")) as envs:
+        one_sim = run_wave(policy, envs, 0, [(1_000_001, 1_000_001)], [True], params)[0]
+    with closing(vector_env(spec, 1)) as env:
+        worker = run_wave(policy, env, 0, [(1_000_001, 1_000_001)], [True], params)[0]
+    assert np.array_equal(one_sim.pop("frames"), worker.pop("frames"))
+    one_sim.pop("policy_seconds"), worker.pop("policy_seconds")
+    assert one_sim == worker and worker["steps"] == 40
+
+
 def test_an_episode_that_ends_early_leaves_the_batch_stepping(policy_dir):
     """A non-finite chunk ends that env's episode (failure recorded, nothing stepped);
     its later steps are no-ops while the other env goes on."""
