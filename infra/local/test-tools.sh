@@ -4,7 +4,8 @@
 #   podman, runc, debootstrap  build and run the component image with no Docker engine
 #   docker-compose (v1)        validates infra/docker-compose.yaml with no engine
 #   chromium                   headless browser for the Airflow UI test (Playwright)
-#   postgresql                 servers the tests start on loopback
+#   postgresql, redis-server   servers the tests start on loopback (Redis: the Celery
+#                              executor's broker)
 # Needs root (or passwordless sudo). `make run` does not need any of these.
 set -euo pipefail
 
@@ -12,7 +13,7 @@ log() { printf '[test-tools] %s\n' "$*" >&2; }
 
 declare -A PROVIDES=(
   [podman]=podman [runc]=runc [debootstrap]=debootstrap [docker-compose]=docker-compose
-  [chromium]=chromium [uidmap]=newuidmap [slirp4netns]=slirp4netns [fuse-overlayfs]=fuse-overlayfs
+  [chromium]=chromium [redis-server]=redis-server [uidmap]=newuidmap [slirp4netns]=slirp4netns [fuse-overlayfs]=fuse-overlayfs
 )
 missing=()
 for pkg in "${!PROVIDES[@]}"; do

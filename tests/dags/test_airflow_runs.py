@@ -1,36 +1,41 @@
 """The DAGs run end to end on real servers: MLflow servers whose artifacts live on S3
-(moto's S3 server on loopback), Airflow either as ``airflow dags test`` or as a live
-stack (api-server, scheduler, dag-processor; metadata on a Postgres of its own)
-triggered through REST and through the UI in headless Chromium. Every process is
-stopped by its process group in teardown, also when a test fails (the servers'
-context managers and AirflowStack.stop run in finally).
+(moto's S3 server on loopback), and Airflow three ways: the team host's CeleryExecutor
+(Postgres, Redis, two Celery workers) running two runs of par_training at once,
+triggered through REST and through the UI in headless Chromium, one of them losing a
+worker mid-task; ``airflow dags test``; and the LocalExecutor of one machine (SQLite),
+for a nightly run. Every process is stopped by its process group in teardown, also
+when a test fails (the servers' context managers and AirflowStack.stop run in finally).
 
 To keep the wall time down, the ``airflow dags test`` run starts in the background
-when the module starts and runs while the live-stack test runs (the live runs have an
-MLflow server of their own, so that neither moves the other's aliases); the training
-and nightly tests then wait for it. Every run here uses the ci-airflow profile
-(PushCube only): three pipelines share 2 cores. The three tasks run end to end under
-``dvc repro`` (tests/test_dvc.py) and in the component tests.
+when the module starts and runs while the Celery runs go on (each has an MLflow server
+of its own, so that neither moves the other's aliases); the training and nightly tests
+then wait for it. Every run here uses the ci-airflow profile (PushCube only, and
+PickCube too in the REST run, so that every mapped step has two instances): three
+pipelines share 2 cores. The three tasks run end to end under ``dvc repro``
+(tests/test_dvc.py) and in the component tests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 
+from components.orchestration.runs import nightly_folder as nightly_folder_of
 from components.orchestration.runs import run_folder
 from tests.harness.airflow import (
     AIRFLOW,
     AirflowStack,
+    Celery,
     DagRunFailedError,
     airflow_env,
     dags_test,
@@ -39,12 +44,15 @@ from tests.harness.airflow import (
 )
 from tests.harness.browser import ARTIFACTS, browser_page
 from tests.harness.processes import spawn, stop_tree
-from tests.harness.servers import mlflow_server, moto_server, postgres_server
+from tests.harness.servers import mlflow_server, moto_server, postgres_server, redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "par-mlflow"
 MODEL = "par-policy"
 PROFILE = "ci-airflow"
+WORKERS = ("par-worker-a", "par-worker-b")  # the Celery workers, each with a queue of its own name
+REST_CONF = {"profile": PROFILE, "tasks": ["PushCube-v1", "PickCube-v1"]}  # two instances a mapped step
+KILLED = "train"  # the step whose worker is killed mid-task
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 # A pipeline run is minutes on 2 cores (far more when they are shared).
@@ -205,16 +213,40 @@ def ui_screenshot_run(url: str, user: str, password: str, run_id: str, shots: Pa
         (shots / "airflow-finished-run.html").write_text(page.content())
 
 
-def test_live_airflow_runs_triggered_from_rest_and_ui_concurrently(s3, training_run, tmp_path, monkeypatch):
-    """Defined first: it runs while the training run (started by ``training_run``) goes on."""
+@dataclass
+class CeleryRuns:
+    """What the live Celery stack did, gathered before it stopped (the tests read it)."""
+
+    home: Path
+    rest_run: str
+    ui_run: str
+    states: dict[str, str]
+    runs: dict[str, dict[str, Any]]  # the REST API's record of each DAG run
+    folders: dict[str, Path]
+    instances: dict[str, list[dict[str, Any]]]  # every task instance of each run (latest try)
+    prepared: list[str]  # the tasks the REST run's prepare returned (mapped over)
+    versions: set[str]  # every version of the model in that stack's registry
+    loss: dict[str, Any]  # the worker killed mid-task, and what became of its task
+    stage_runs: list[Any]  # the MLflow runs of the killed stage in the REST run's pipeline run
+
+
+@pytest.fixture(scope="module")
+def celery_runs(s3, training_run, tmp_path_factory: pytest.TempPathFactory) -> CeleryRuns:
+    """The team host's executor, live: Postgres, Redis, api-server, scheduler,
+    dag-processor and two Celery workers (one task at a time each). Two runs of
+    par_training at once, one triggered through REST (two tasks, so every mapped step
+    has an instance on each worker's queue) and one through the UI; while the REST run
+    trains, the worker running it is killed with everything below it, and started again
+    once the step's retry runs on the other worker."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    home = tmp_path / "airflow"
+    root = tmp_path_factory.mktemp("celery")
+    home = root / "airflow"
     with contextlib.ExitStack() as cleanup:
-        tracking = cleanup.enter_context(mlflow_on_s3(tmp_path / "mlflow", s3, "live"))
-        client = mlflow_client(tracking, monkeypatch)
-        # Two runs, the scheduler and the UI write to the metadata DB at once: Postgres,
-        # as in production (on SQLite the UI's trigger once got a "Database error" in CI).
+        tracking = cleanup.enter_context(mlflow_on_s3(root / "mlflow", s3, "live"))
+        # Two runs, two workers, the scheduler and the UI write to the metadata DB at once
+        # (and Celery's results go there too): Postgres, as in production.
         database = cleanup.enter_context(postgres_server())
+        broker = cleanup.enter_context(redis_server(root / "redis"))
         # The runs share 2 cores: one thread per component process (no OpenMP
         # oversubscription), and no periodic re-parsing of unchanged DAG files.
         extra = tracking | {
@@ -222,33 +254,156 @@ def test_live_airflow_runs_triggered_from_rest_and_ui_concurrently(s3, training_
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
         }
-        stack = cleanup.enter_context(AirflowStack(home, home / "runs", extra, parallelism=2))
+        # Two tasks a worker: four slots keep both cores busy while a worker's own queue
+        # waits; a retry waits 2 s (the site policy), not par_training's 30 s and more.
+        celery = Celery(broker, f"db+{database}", WORKERS, heartbeat_timeout=20, concurrency=2, retry_delay_s=2)
+        stack = cleanup.enter_context(AirflowStack(home, home / "runs", extra, parallelism=4, celery=celery))
         stack.wait_dag("par_training")
-        rest_run = stack.trigger("par_training", {"profile": "ci-airflow"})
+        rest_run = stack.trigger("par_training", REST_CONF)
         try:
             ui_run = ui_trigger(stack.url, stack.user, stack.password, ARTIFACTS)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\napi-server log:\n{stack.log_tail('api-server', 6000)}") from exc
-        states = stack.wait_runs("par_training", [rest_run, ui_run], timeout=1500)
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking["MLFLOW_TRACKING_URI"])
+        loss = lose_worker_mid_task(stack, client, rest_run, KILLED)
+        both = [rest_run, ui_run]
+        states = stack.wait_runs("par_training", both, timeout=1500)
         if set(states.values()) != {"success"}:
             pytest.fail(f"runs {states}; logs under {home / 'logs'}")
         ui_screenshot_run(stack.url, stack.user, stack.password, ui_run, ARTIFACTS)
-        assert stack.xcom("par_training", rest_run, "prepare") == ["PushCube-v1"]  # the tasks mapped over
-        monkeypatch.setenv("PAR_RUNS_ROOT", stack.env["PAR_RUNS_ROOT"])
-        folders = {r: Path(run_folder(r)) for r in (rest_run, ui_run)}
-        runs = {r: stack.run("par_training", r) for r in (rest_run, ui_run)}
-        versions = {v.version for v in client.search_model_versions(f"name = '{MODEL}'")}
+        both = [rest_run, ui_run]
+        return CeleryRuns(
+            home=home,
+            rest_run=rest_run,
+            ui_run=ui_run,
+            states=states,
+            runs={r: stack.run("par_training", r) for r in both},
+            folders=run_folders(home / "runs", [rest_run, ui_run]),
+            instances={r: stack.task_instances("par_training", r) for r in both},
+            prepared=stack.xcom("par_training", rest_run, "prepare"),
+            versions={v.version for v in client.search_model_versions(f"name = '{MODEL}'")},
+            loss=loss | {"tries": stack.tries("par_training", rest_run, KILLED)},
+            stage_runs=stage_runs(client, rest_run, KILLED),
+        )
 
+
+def run_folders(root: Path, run_ids: list[str]) -> dict[str, Path]:
+    """Each run's folder, as the DAG names it under the runs root ``root``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PAR_RUNS_ROOT", str(root))
+        return {r: Path(run_folder(r)) for r in run_ids}
+
+
+def stage_runs(client: Any, run_id: str, stage: str) -> list[Any]:
+    """The MLflow runs of ``stage`` nested under the pipeline run of DAG run ``run_id``."""
+    experiment = client.get_experiment_by_name("par")
+    if experiment is None:
+        return []
+    key = f"par_training-{run_id}"
+    parents = client.search_runs([experiment.experiment_id], f"tags.`par.pipeline_key` = '{key}'")
+    if not parents:
+        return []
+    query = f"tags.`par.stage` = '{stage}' and tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'"
+    return client.search_runs([experiment.experiment_id], query)
+
+
+def lose_worker_mid_task(stack: AirflowStack, client: Any, run_id: str, task_id: str) -> dict[str, Any]:
+    """Wait until ``task_id`` of ``run_id`` runs and its stage has opened its MLflow run
+    (it has begun writing), kill the worker that runs it (SIGKILL to the worker and
+    every process below it), wait until a retry runs elsewhere, start the worker again
+    (a host that comes back). Returns the killed worker's name and the retry's worker."""
+    deadline = time.time() + 1200
+    while True:
+        tries = stack.tries("par_training", run_id, task_id)
+        if tries and tries[-1]["state"] == "running" and stack_runs_open(client, run_id, task_id):
+            victim = tries[-1]["hostname"]
+            break
+        if (tries and tries[-1]["state"] in ("success", "failed")) or time.time() > deadline:
+            pytest.fail(f"{task_id} of {run_id} was not caught running (tries {tries}); logs in {stack.home}")
+        time.sleep(0.2)
+    killed = stack.kill_worker(victim)
+    killed_at = time.time()
+    while True:
+        tries = stack.tries("par_training", run_id, task_id)
+        if len(tries) > 1 and tries[-1]["state"] in ("running", "success"):
+            break
+        if time.time() > killed_at + 600:
+            pytest.fail(f"no retry of {task_id} 600 s after its worker was killed: {tries}")
+        time.sleep(1)
+    waited = time.time() - killed_at
+    stack.start_worker(victim)
+    return {"victim": victim, "killed_pids": killed, "retry_host": tries[-1]["hostname"], "retried_after": waited}
+
+
+def stack_runs_open(client: Any, run_id: str, stage: str) -> bool:
+    return any(r.info.status == "RUNNING" for r in stage_runs(client, run_id, stage))
+
+
+def test_live_airflow_runs_triggered_from_rest_and_ui_concurrently(celery_runs):
+    """Defined first: it runs while the training run (started by ``training_run``) goes on."""
+    c = celery_runs
+    rest_run, ui_run, folders = c.rest_run, c.ui_run, c.folders
+    assert c.prepared == REST_CONF["tasks"]  # the tasks mapped over
     assert folders[rest_run] != folders[ui_run]
-    assert {p.parent for p in folders.values()} == {home / "runs"}
+    assert all(f.is_dir() for f in folders.values())
     steps = {r: yaml.safe_load((f / "params.yaml").read_text())["train"]["steps"] for r, f in folders.items()}
     assert steps == {rest_run: 3, ui_run: 4}  # the profile's value; the value typed into the form
     gates = {r: json.loads((f / "metrics" / "gate.json").read_text()) for r, f in folders.items()}
-    assert {g["version"] for g in gates.values()} == versions == {"1", "2"}  # one version each
-    a, b = runs[rest_run], runs[ui_run]
+    assert {g["version"] for g in gates.values()} == c.versions == {"1", "2"}  # one version each
+    a, b = c.runs[rest_run], c.runs[ui_run]
     assert a["start_date"] < b["end_date"] and b["start_date"] < a["end_date"]  # they overlapped
     assert (ARTIFACTS / "airflow-trigger-form.png").stat().st_size > 10_000
     assert (ARTIFACTS / "airflow-finished-run.png").stat().st_size > 10_000
+
+
+def test_celery_workers_ran_the_mapped_steps_on_their_own_queues(celery_runs):
+    """Every mapped instance ran on the worker whose queue it was routed to: instance i
+    of collect, validate and evaluate on worker i (both workers worked on both runs'
+    pipelines); every other step on either worker, from the shared queue."""
+    for run_id, instances in celery_runs.instances.items():
+        assert {ti["state"] for ti in instances} == {"success"}, run_id
+        assert {ti["hostname"] for ti in instances} <= set(WORKERS)
+        mapped = {(ti["task_id"], ti["map_index"]): ti for ti in instances if ti["map_index"] >= 0}
+        count = len(REST_CONF["tasks"]) if run_id == celery_runs.rest_run else 1
+        assert set(mapped) == {(t, i) for t in ("collect", "validate", "evaluate") for i in range(count)}
+        for (task_id, index), ti in mapped.items():
+            assert ti["queue"] == WORKERS[index] and ti["hostname"] == WORKERS[index], (task_id, ti)
+        assert all(ti["queue"] == "default" for ti in instances if ti["map_index"] < 0)
+    rest = celery_runs.instances[celery_runs.rest_run]
+    assert {ti["hostname"] for ti in rest if ti["task_id"] in ("collect", "evaluate")} == set(WORKERS)
+
+
+def test_a_killed_worker_s_task_is_retried_on_the_other_and_leaves_no_partial_output(celery_runs):
+    """The worker running the REST run's train step was killed mid-task (its MLflow run
+    open): the step failed on that worker (no heartbeat), ran again on the other one, and
+    the run ended with its model registered once, no output half-written or doubled."""
+    loss, tries = celery_runs.loss, celery_runs.loss["tries"]
+    print(f"{loss['victim']} killed; {KILLED} retried on {loss['retry_host']} {loss['retried_after']:.0f} s later")
+    assert celery_runs.states[celery_runs.rest_run] == "success"
+    assert [t["hostname"] for t in tries] == [loss["victim"], loss["retry_host"]]
+    assert loss["retry_host"] != loss["victim"] and {t["state"] for t in tries} == {"failed", "success"}
+    assert tries[0]["state"] == "failed" and tries[-1]["state"] == "success"
+    assert not any(psutil.pid_exists(pid) and not zombie(pid) for pid in loss["killed_pids"])
+    # MLflow: one finished run of the step; the killed one (if it was not resumed) marked failed.
+    statuses = sorted(r.info.status for r in celery_runs.stage_runs)
+    assert statuses.count("FINISHED") == 1 and "RUNNING" not in statuses, statuses
+    for abandoned in (r for r in celery_runs.stage_runs if r.info.status != "FINISHED"):
+        assert abandoned.info.status == "FAILED" and abandoned.data.tags.get("par.ended"), abandoned.data.tags
+    # Files: nothing half-written (atomic outputs: no temporary folder left), the bundle complete.
+    folder = celery_runs.folders[celery_runs.rest_run]
+    leftovers = [p for p in folder.rglob("*") if ".tmp-" in p.name]
+    assert not leftovers, leftovers
+    gate = json.loads((folder / "metrics" / "gate.json").read_text())
+    assert gate["version"] in celery_runs.versions
+
+
+def zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 # ------------------------------------------------------------------ airflow dags test
@@ -316,16 +471,35 @@ def nightly(trained: dict[str, Any], name: str) -> tuple[Path, float]:
     return log, seconds
 
 
-def nightly_folder(trained: dict[str, Any], log: Path) -> Path:
-    run_id = re.search(r"run_id=(\S+?)[,\s]", log.read_text().split("DagRun Finished:")[-1]).group(1)
-    return trained["home"] / "runs" / ("nightly-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id))
+def nightly_on_local_executor(trained: dict[str, Any], tracking: dict[str, str]) -> Path:
+    """par_nightly_eval triggered through REST on a live stack of the LocalExecutor
+    (SQLite, the training run's metadata database; what ``airflow standalone`` runs), no
+    scheduled run of its own; returns the run's folder."""
+    home = trained["home"]
+    extra = tracking | {
+        "OMP_NUM_THREADS": "1",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # unpaused, the DAG would also run at once for 03:00
+    }
+    with AirflowStack(home, home / "runs", extra, parallelism=1) as stack:
+        assert stack.env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        stack.wait_dag("par_nightly_eval")
+        run_id = stack.trigger("par_nightly_eval", {"profile": PROFILE})
+        state = stack.wait_runs("par_nightly_eval", [run_id], timeout=900)[run_id]
+        runs = stack.request("GET", "/api/v2/dags/par_nightly_eval/dagRuns")["dag_runs"]
+    assert state == "success", f"par_nightly_eval {run_id} ended {state}; logs under {home / 'logs'}"
+    assert [r["dag_run_id"] for r in runs] == [run_id]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PAR_RUNS_ROOT", str(home / "runs"))
+        return Path(nightly_folder_of(run_id))
 
 
-def test_nightly_eval_passes_for_an_honest_champion(trained, client):
+def test_nightly_eval_passes_for_an_honest_champion(trained, tracking, client):
+    """Through the LocalExecutor (the other nightly run is ``airflow dags test``)."""
     version = client.get_model_version(MODEL, trained["gate"]["version"])
     plant_champion(client, version)
-    log, _ = nightly(trained, "honest")
-    result = json.loads((nightly_folder(trained, log) / "regression.json").read_text())
+    folder = nightly_on_local_executor(trained, tracking)
+    result = json.loads((folder / "regression.json").read_text())
     assert result["version"] == version.version and result["regressions"] == []
     fresh = result["fresh"]["PushCube-v1"]
     assert fresh["episodes"] == 2  # the seeds the training run evaluated at promotion

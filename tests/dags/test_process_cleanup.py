@@ -113,3 +113,15 @@ def test_postgres_server_leaves_no_process_or_folder_even_when_its_user_fails(se
     assert seen["db"] == "probe" and len(seen["pids"]) > 1  # the postmaster and its workers
     assert all(gone(pid) for pid in seen["pids"])
     assert seen["root"].name.startswith("par-postgres-") and not seen["root"].exists()
+
+
+def test_redis_server_answers_on_loopback_and_leaves_no_process(servers, tmp_path):
+    import redis
+
+    with servers.redis_server(tmp_path / "redis") as url:
+        client = redis.Redis.from_url(url)
+        assert url.startswith("redis://127.0.0.1:") and client.ping()
+        pid = client.info("server")["process_id"]
+        listening = {c.laddr.ip for c in psutil.Process(pid).net_connections("inet") if c.status == "LISTEN"}
+        assert listening == {"127.0.0.1"}
+    assert gone(pid)

@@ -1,7 +1,8 @@
 """Airflow of its own for the tests and the orchestration benchmark: an environment in
 a private AIRFLOW_HOME (SQLite, or the Postgres the caller names), ``airflow dags test``
-as a subprocess, and a live stack (api-server, scheduler, dag-processor on 127.0.0.1)
-driven through its REST API, every process stopped by its process group."""
+as a subprocess, and a live stack (api-server, scheduler, dag-processor on 127.0.0.1;
+LocalExecutor, or CeleryExecutor with a Redis broker and Celery workers) driven through
+its REST API, every process stopped by its process group."""
 
 from __future__ import annotations
 
@@ -13,14 +14,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.harness.processes import free_port, run_group, spawn, stop_tree
+from tests.harness.processes import descendants, free_port, run_group, spawn, stop_tree, tagged
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
+SITE = Path(__file__).resolve().parent / "airflow_site"  # airflow_local_settings of the Celery stack
 
 
 def airflow_env(
@@ -82,11 +85,42 @@ class DagRunFailedError(RuntimeError):
         self.log = log
 
 
+@dataclass(frozen=True)
+class Celery:
+    """The CeleryExecutor of a stack: the broker (Redis), the result backend (the metadata
+    database, ``db+postgresql+psycopg2://...``), and the workers, one Celery worker process
+    a name, each serving the shared ``default`` queue and a queue of its own name."""
+
+    broker_url: str
+    result_backend: str
+    workers: tuple[str, ...] = ("par-worker-a", "par-worker-b")
+    heartbeat_timeout: int = 30  # seconds without a task's heartbeat before the scheduler fails it
+    concurrency: int = 1  # tasks a worker runs at once
+    retry_delay_s: float | None = None  # every task's retry delay (the DAG's own when None)
+
+    def env(self) -> dict[str, str]:
+        return {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CELERY__BROKER_URL": self.broker_url,
+            "AIRFLOW__CELERY__RESULT_BACKEND": self.result_backend,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.concurrency),
+            # With task_acks_late (Airflow's default) a message stays unacknowledged while its
+            # task runs, and Redis hands it out again after this long: longer than any task.
+            "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "21600",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(self.heartbeat_timeout),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "airflow_local_settings.worker_hostname",
+            "PAR_WORKER_QUEUES": ",".join(self.workers),
+        } | ({"PAR_RETRY_DELAY_S": str(self.retry_delay_s)} if self.retry_delay_s is not None else {})
+
+
 class AirflowStack:
     """api-server, scheduler and dag-processor on 127.0.0.1 (free port), LocalExecutor
     on SQLite (or the database ``extra_env``'s SQL_ALCHEMY_CONN names), simple auth
-    manager with one admin user; each process in its own process group, stopped (with
-    every task process below it) by :meth:`stop`."""
+    manager with one admin user; with ``celery``, the CeleryExecutor and its workers
+    instead (give it Postgres: workers, scheduler and API server all write at once).
+    Each process in its own process group, stopped (with every task process below it)
+    by :meth:`stop`."""
 
     def __init__(
         self,
@@ -96,8 +130,9 @@ class AirflowStack:
         parallelism: int = 2,
         user: str = "admin",
         password: str = "par-admin-pw",
+        celery: Celery | None = None,
     ) -> None:
-        self.home, self.user, self.password = home, user, password
+        self.home, self.user, self.password, self.celery = home, user, password, celery
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         passwords = home / "passwords.json"
@@ -125,11 +160,16 @@ class AirflowStack:
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             }
+            | (celery.env() if celery else {})
             | (extra_env or {}),
             parallelism=parallelism,
         )
+        if celery:
+            self.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SITE), self.env.get("PYTHONPATH")) if p)
         self.procs: dict[str, subprocess.Popen] = {}
+        self.workers: dict[str, subprocess.Popen] = {}  # Celery workers by name, each with a tag of its own
         self.tag = secrets.token_hex(8)  # in every process of the stack, tasks included
+        self._worker_log_start: dict[str, int] = {}
         self._token: str | None = None
 
     # -- life cycle
@@ -146,11 +186,51 @@ class AirflowStack:
         try:
             for name, cmd in commands.items():
                 self.procs[name] = spawn(cmd, self.env, self.home / f"{name}.log", tag=self.tag)
+            for name in self.celery.workers if self.celery else ():
+                self.start_worker(name, wait=False)
             self._wait_healthy(timeout)
+            for name in self.workers:
+                self.wait_worker(name, timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    # -- Celery workers
+    def start_worker(self, name: str, wait: bool = True, timeout: float = 120) -> None:
+        """``airflow celery worker`` called ``name``: tasks from the queues ``default`` and
+        ``name``; task instances it runs report ``name`` as their hostname. No log server
+        (it would bind every interface; the task logs are local files)."""
+        concurrency = str(self.celery.concurrency if self.celery else 1)
+        cmd = [
+            AIRFLOW, "celery", "worker", "--celery-hostname", name, "--queues", f"default,{name}",
+            "--concurrency", concurrency, "--skip-serve-logs", "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+        log = self.home / f"{name}.log"
+        self._worker_log_start[name] = log.stat().st_size if log.is_file() else 0
+        self.workers[name] = spawn(cmd, self.env | {"PAR_WORKER_HOSTNAME": name}, log)
+        if wait:
+            self.wait_worker(name, timeout)
+
+    def wait_worker(self, name: str, timeout: float) -> None:
+        """Until the worker says it is ready (it consumes from its queues from then on)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.workers[name].poll() is not None:
+                raise RuntimeError(f"worker {name} exited: {self.log_tail(name)}")
+            text = (self.home / f"{name}.log").read_text(errors="replace")[self._worker_log_start[name] :]
+            if f"@{name} ready." in text:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"worker {name} not ready after {timeout} s: {self.log_tail(name)}")
+
+    def kill_worker(self, name: str) -> list[int]:
+        """SIGKILL the worker ``name`` and every process below it (the task it runs, that
+        task's command), as a machine that dies would; returns the pids killed."""
+        proc = self.workers.pop(name)
+        pids = sorted({proc.pid, *descendants(proc.pid), *tagged(proc.par_tag)})  # type: ignore[attr-defined]
+        stop_tree(proc, grace=0)
+        return pids
 
     def _wait_healthy(self, timeout: float) -> None:
         deadline = time.time() + timeout
@@ -172,9 +252,11 @@ class AirflowStack:
         return path.read_text(errors="replace")[-chars:] if path.is_file() else ""
 
     def pids(self) -> list[int]:
-        return [p.pid for p in self.procs.values() if p.poll() is None]
+        return [p.pid for p in [*self.procs.values(), *self.workers.values()] if p.poll() is None]
 
     def stop(self) -> None:
+        for proc in self.workers.values():
+            stop_tree(proc)
         for name in ("scheduler", "dag-processor", "api-server"):
             if name in self.procs:
                 stop_tree(self.procs[name])
@@ -238,11 +320,23 @@ class AirflowStack:
             states = {r: self.run_state(dag_id, r) for r in run_ids}
             if all(s in ("success", "failed") for s in states.values()):
                 return states
-            for name, proc in self.procs.items():
+            for name, proc in {**self.procs, **self.workers}.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}: {self.log_tail(name)}")
             time.sleep(2)
         raise TimeoutError(f"runs of {dag_id} not finished after {timeout} s: {states}")
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Every task instance of a run, mapped ones one by one (the latest try of each)."""
+        quoted = urllib.request.quote(run_id, safe="")
+        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances?limit=100")["task_instances"]
+
+    def tries(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1) -> list[dict[str, Any]]:
+        """Every try of one task instance, the first first (state, hostname, start and end)."""
+        quoted = urllib.request.quote(run_id, safe="")
+        index = f"/{map_index}" if map_index >= 0 else ""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{quoted}/taskInstances/{task_id}{index}/tries"
+        return sorted(self.request("GET", path)["task_instances"], key=lambda t: t["try_number"])
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str = "return_value") -> Any:
         quoted = urllib.request.quote(run_id, safe="")

@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -191,3 +192,43 @@ def _create_database(port: int, user: str, database: str, timeout: float, proc: 
             cur.execute(f'CREATE DATABASE "{database}"')
     finally:
         conn.close()
+
+
+@contextlib.contextmanager
+def redis_server(root: Path, timeout: float = 30) -> Iterator[str]:
+    """Debian's ``redis-server`` on 127.0.0.1 (free port, no persistence, its own process
+    group), the Celery executor's broker; yields its URL (database 0)."""
+    allowed("redis-server")
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(binary).is_file():
+        raise FileNotFoundError("redis-server not found: run infra/local/test-tools.sh (installs redis-server)")
+    port = free_port()
+    root.mkdir(parents=True, exist_ok=True)
+    # Persistence off (--save "", no append-only file): a broker of the test's lifetime.
+    cmd = [binary, "--bind", "127.0.0.1", "--port", str(port), "--protected-mode", "yes", "--save", "",
+           "--appendonly", "no", "--dir", str(root), "--daemonize", "no", "--logfile", ""]  # fmt: skip
+    log = root / "redis.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_redis(port, timeout, proc, log)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(proc)
+
+
+def _wait_redis(port: int, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    """Until the server answers PING with PONG (RESP, no client library)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"redis-server not answering on {port} after {timeout} s: {log.read_text()[-3000:]}")

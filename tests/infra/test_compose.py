@@ -1,6 +1,6 @@
 """infra/docker-compose.yaml validates with docker-compose (no engine needed) and has the
 shape the docker runner relies on: health checks, init steps, a same-path runs folder,
-and no secret of its own."""
+the CeleryExecutor with its Redis broker and two workers, and no secret of its own."""
 
 from __future__ import annotations
 
@@ -127,7 +127,8 @@ def test_the_secrets_check_refuses_every_example_value_by_name():
     result = _check_secrets(_example_env())
     assert result.returncode == 1
     for name in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_S3_SECRET_KEY", "MLFLOW_ADMIN_PASSWORD",
-                 "MLFLOW_FLASK_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET"):  # fmt: skip
+                 "MLFLOW_FLASK_SECRET_KEY", "AIRFLOW_ADMIN_PASSWORD", "AIRFLOW_JWT_SECRET",
+                 "REDIS_PASSWORD"):  # fmt: skip
         assert f"{name} still has its example value" in result.stderr, name
     assert "AIRFLOW_FERNET_KEY is empty" in result.stderr
 
@@ -159,3 +160,40 @@ def test_only_the_socket_proxy_sees_the_engine(config):
         else:
             assert not mounts, name
     assert services["airflow-scheduler"]["environment"]["DOCKER_HOST"] == "tcp://docker-proxy:2375"
+
+
+def workers(services: dict) -> dict[str, dict]:
+    return {name: s for name, s in services.items() if s.get("command", [])[:2] == ["celery", "worker"]}
+
+
+def test_airflow_runs_the_celery_executor_with_two_workers_on_their_own_queues(config):
+    services = config["services"]
+    found = workers(services)
+    assert len(found) == 2, sorted(found)
+    hostnames = set()
+    for name, worker in found.items():
+        command = worker["command"]
+        host = command[command.index("--celery-hostname") + 1]
+        assert worker["hostname"] == host == name  # what its task instances report, and its log server's name
+        assert command[command.index("--queues") + 1].split(",") == ["default", name]
+        assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "inspect ping" in worker["healthcheck"]["test"][1]
+        hostnames.add(host)
+    assert len(hostnames) == 2
+    for name, service in services.items():
+        if name.startswith("airflow-"):
+            env = service["environment"]
+            assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+            assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://:change-me-redis@redis:6379/0", name
+            assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql+psycopg2://"), name
+            assert int(env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT"]) >= 86400, name
+    assert services["airflow-scheduler"]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_the_broker_is_closed_and_durable(config):
+    redis = config["services"]["redis"]
+    assert "ports" not in redis  # reached on the compose network only
+    assert "--requirepass" in redis["command"][0] and "--appendonly yes" in redis["command"][0]
+    assert redis["environment"]["REDIS_PASSWORD"] == "change-me-redis"  # refused by secrets-check
+    assert any(str(v).startswith("redis:/data") for v in redis["volumes"])
+    assert redis["depends_on"]["secrets-check"]["condition"] == "service_completed_successfully"
