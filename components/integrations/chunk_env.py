@@ -124,9 +124,15 @@ class ChunkEnv(gym.Env):
         return bool(self._episode.failure) or self._episode.steps >= self.setup.max_steps
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """A new episode in a scene built afresh: ManiSkill's CPU reset keeps a trace of the
+        previous episode (~1e-7 in the next one's trajectory, enough to move a first success
+        by a step), so an env that ran other episodes first would not give a seed's episode
+        as a fresh env does. Rebuilding costs ~0.8 s an episode here (docs/performance.md)."""
         if self._env is None:
             self._env = make_env(self.setup.task, dict(self.setup.env_kwargs, max_episode_steps=self.setup.max_steps))
-        obs, _ = self._env.reset(seed=seed)
+            obs, _ = self._env.reset(seed=seed)  # the first reset builds the scene
+        else:
+            obs, _ = self._env.reset(seed=seed, options={"reconfigure": True})
         self._seed = -1 if seed is None else seed
         observed = self._observe(obs)
         self._episode = Episode(frames=[observed["frame"]] if self.record else [])
@@ -160,6 +166,11 @@ class ChunkEnv(gym.Env):
     def row(self) -> dict[str, Any]:
         """The episode's row (its frames too when it was recorded)."""
         return self._episode.row(self._seed)
+
+    def state(self) -> np.ndarray:
+        """The simulation's full state now (ManiSkill's flattened ``get_state``): what two
+        runs of a seed's episode are compared by, to the last bit."""
+        return self._env.unwrapped.get_state().cpu().numpy()
 
     def close(self) -> None:
         if self._env is not None:

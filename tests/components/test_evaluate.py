@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import subprocess
 import sys
 from contextlib import closing
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -23,7 +25,7 @@ from components.evaluate import (
 )
 from components.formats.params import EvaluateParams, load_params
 from components.formats.policy import bundle_sha256, load_policy
-from components.integrations.chunk_env import NON_FINITE, vector_env
+from components.integrations.chunk_env import NON_FINITE, ChunkEnv, vector_env
 from components.ml.metrics import wilson_interval
 from tests.cli import run_module
 from tests.components.conftest import nan_action_policy
@@ -68,15 +70,21 @@ def test_sharded_evaluation_gives_the_serial_results(policy_dir, smoke_params, t
 
 def test_a_batch_of_envs_steps_each_episode_as_it_runs_alone(policy_dir, smoke_params):
     """``evaluate.num_envs``: 3 episodes in 3 worker envs, one batched policy call a
-    decision, give every frame of each episode bit for bit as each one alone in one env."""
+    decision, end in the same simulation state, to the last bit, and with the same frames
+    as each one alone, one after another in one env."""
     params = load_params(smoke_params).evaluate
     policy = load_policy(policy_dir)
     spec = chunk_env_spec(policy, "PushCube-v1", policy.task_info("PushCube-v1"), max_steps=40)
     pairs = [(1_000_000 + k, 1_000_000 + k) for k in range(3)]
     with closing(vector_env(spec, 3)) as envs:
         batched = run_wave(policy, envs, 0, pairs, [True] * 3, params)
-    with closing(vector_env(spec, 1)) as env:
-        alone = [run_wave(policy, env, 0, [pair], [True], params)[0] for pair in pairs]
+        states = list(envs.call("state"))
+    with closing(vector_env(spec, 1)) as env:  # one env, episode after episode: the scene is rebuilt each time
+        alone, alone_states = [], []
+        for pair in pairs:
+            alone += run_wave(policy, env, 0, [pair], [True], params)
+            alone_states += env.call("state")
+    assert all(np.array_equal(a, b) for a, b in zip(states, alone_states, strict=True))  # to the last bit
     assert not np.array_equal(alone[0]["frames"], alone[1]["frames"])  # the seeds differ: the test can fail
     for together, by_itself in zip(batched, alone, strict=True):
         assert together.pop("policy_seconds") >= 0 and by_itself.pop("policy_seconds") >= 0
@@ -108,7 +116,8 @@ def test_an_episode_that_ends_early_leaves_the_batch_stepping(policy_dir):
     its later steps are no-ops while the other env goes on."""
     policy = load_policy(policy_dir)
     spec = chunk_env_spec(policy, "PushCube-v1", policy.task_info("PushCube-v1"), max_steps=40)
-    with closing(vector_env(spec, 2)) as envs:
+    make = functools.partial(ChunkEnv, spec)  # in this process: the rule is ChunkEnv's, not the workers'
+    with closing(gym.vector.SyncVectorEnv([make, make], autoreset_mode=gym.vector.AutoresetMode.DISABLED)) as envs:
         envs.reset(seed=[1, 2])
         actions = np.zeros((2, spec.chunk_len, spec.action_dim), np.float32)
         actions[0, 3, 1] = np.nan
