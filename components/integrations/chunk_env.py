@@ -66,6 +66,10 @@ class Episode:
             self.first_success = self.steps
         self.success_once |= self.success
 
+    def over(self, max_steps: int) -> bool:
+        """Ended: it failed to act, or it ran its ``max_steps``."""
+        return bool(self.failure) or self.steps >= max_steps
+
     def row(self, env_seed: int) -> dict[str, Any]:
         row = {
             "seed": env_seed,
@@ -121,7 +125,7 @@ class ChunkEnv(gym.Env):
 
     @property
     def over(self) -> bool:
-        return bool(self._episode.failure) or self._episode.steps >= self.setup.max_steps
+        return self._episode.over(self.setup.max_steps)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
         """A new episode in a scene built afresh: ManiSkill's CPU reset keeps a trace of the
@@ -208,7 +212,7 @@ class GpuChunkEnvs:
         return self._obs
 
     def _over(self) -> np.ndarray:
-        return np.array([bool(e.failure) or e.steps >= self.setup.max_steps for e in self._episodes])
+        return np.array([e.over(self.setup.max_steps) for e in self._episodes])
 
     def reset(self, *, seed: list[int], options: dict | None = None) -> tuple[dict, dict]:
         obs, _ = self._env.reset(seed=list(seed))

@@ -35,18 +35,28 @@ def allowed(what: str) -> None:
         raise RuntimeError(f"this test starts {what} without the `servers` fixture: request it, so it is marked server")
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+def wait_until(ready, what: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    """Poll ``ready()`` (an OSError counts as not yet) until it is true; fail early, with the
+    server's log, if the server exits, and after ``timeout`` seconds."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-3000:]}")
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status < 500:
-                    return
+            if ready():
+                return
         except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"{url} not healthy after {timeout} s: {log.read_text()[-3000:]}")
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout} s: {log.read_text()[-3000:]}")
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen, log: Path) -> None:
+    def healthy() -> bool:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status < 500
+
+    wait_until(healthy, f"the server at {url}", timeout, proc, log)
 
 
 def stop(proc: subprocess.Popen, grace: float = 10, sig: int = signal.SIGTERM) -> None:
@@ -219,16 +229,10 @@ def redis_server(root: Path, timeout: float = 30) -> Iterator[str]:
 
 def _wait_redis(port: int, timeout: float, proc: subprocess.Popen, log: Path) -> None:
     """Until the server answers PING with PONG (RESP, no client library)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(64).startswith(b"+PONG"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"redis-server not answering on {port} after {timeout} s: {log.read_text()[-3000:]}")
+
+    def pong() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+
+    wait_until(pong, f"redis-server on {port}", timeout, proc, log)
