@@ -1,25 +1,22 @@
-"""The DAGs run end to end on real servers: MLflow servers whose artifacts live on S3
+"""The DAGs run end to end on real servers: an MLflow server whose artifacts live on S3
 (moto's S3 server on loopback), and Airflow three ways: the team host's CeleryExecutor
 (Postgres, Redis, two Celery workers) running two runs of par_training at once,
 triggered through REST and through the UI in headless Chromium, one of them losing a
-worker mid-task; ``airflow dags test``; and the LocalExecutor of one machine (SQLite),
-for a nightly run. Every process is stopped by its process group in teardown, also
-when a test fails (the servers' context managers and AirflowStack.stop run in finally).
+worker mid-task; the LocalExecutor of one machine (SQLite, what ``airflow standalone``
+runs) for a nightly run of the model the Celery runs registered; and ``airflow dags
+test`` for a nightly run that finds a planted regression. Every process is stopped by
+its process group in teardown, also when a test fails (the servers' context managers
+and AirflowStack.stop run in finally).
 
-To keep the wall time down, the ``airflow dags test`` run starts in the background
-when the module starts and runs while the Celery runs go on (each has an MLflow server
-of its own, so that neither moves the other's aliases); the training and nightly tests
-then wait for it. Every run here uses the ci-airflow profile (PushCube only, and
-PickCube too in the REST run, so that every mapped step has two instances): three
-pipelines share 2 cores. The three tasks run end to end under ``dvc repro``
-(tests/test_dvc.py) and in the component tests.
+Every run uses the ci-airflow profile (PushCube only, and PickCube too in the REST run,
+so that every mapped step has two instances). The three tasks run end to end under
+``dvc repro`` (tests/test_dvc.py) and in the component tests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,17 +30,14 @@ import yaml
 from components.orchestration.runs import nightly_folder as nightly_folder_of
 from components.orchestration.runs import run_folder
 from tests.harness.airflow import (
-    AIRFLOW,
     AirflowStack,
     Celery,
     DagRunFailedError,
     airflow_env,
     dags_test,
-    dags_test_state,
     db_migrate,
 )
 from tests.harness.browser import ARTIFACTS, browser_page
-from tests.harness.processes import spawn, stop_tree
 from tests.harness.servers import mlflow_server, moto_server, postgres_server, redis_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +47,7 @@ PROFILE = "ci-airflow"
 WORKERS = ("par-worker-a", "par-worker-b")  # the Celery workers, each with a queue of its own name
 REST_CONF = {"profile": PROFILE, "tasks": ["PushCube-v1", "PickCube-v1"]}  # two instances a mapped step
 KILLED = "train"  # the step whose worker is killed mid-task
+ARTIFACT_PREFIX = "live"  # the artifact root on S3: s3://par-mlflow/live
 CREDS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 # A pipeline run is minutes on 2 cores (far more when they are shared).
@@ -92,7 +87,9 @@ def mlflow_on_s3(root: Path, endpoint: str, prefix: str) -> Iterator[dict[str, s
 
 @pytest.fixture(scope="module")
 def tracking(s3: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with mlflow_on_s3(tmp_path_factory.mktemp("mlflow"), s3, "artifacts") as env:
+    """The MLflow server of the live runs; the nightly tests read its registry after the
+    Celery stack has stopped."""
+    with mlflow_on_s3(tmp_path_factory.mktemp("mlflow"), s3, ARTIFACT_PREFIX) as env:
         yield env
 
 
@@ -109,65 +106,6 @@ def mlflow_client(tracking: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.fixture
 def client(tracking: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
     return mlflow_client(tracking, monkeypatch)
-
-
-class TrainingRun:
-    """``airflow dags test par_training`` with the ci-airflow profile (runner local),
-    started in the background; :meth:`result` waits for it."""
-
-    def __init__(self, home: Path, tracking: dict[str, str]) -> None:
-        self.home = home
-        # One thread a component process: this run shares the 2 cores with the live runs.
-        self.env = airflow_env(home, home / "runs", tracking | {"OMP_NUM_THREADS": "1"})
-        self.log = home / "par_training.log"
-        db_migrate(self.env, home / "migrate.log")
-        self.started = time.perf_counter()
-        cmd = [AIRFLOW, "dags", "test", "par_training", "-c", json.dumps({"profile": PROFILE})]
-        self.proc = spawn(cmd, self.env, self.log)
-        self._result: dict[str, Any] | None = None
-
-    def result(self, timeout: float = 1800) -> dict[str, Any]:
-        if self._result is None:
-            try:
-                code = self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                code = None
-            state = dags_test_state(self.log)
-            if code != 0 or state != "success":
-                message = f"airflow dags test par_training: exit code {code}, run state {state}"
-                raise DagRunFailedError(message, self.log)
-            (folder,) = (self.home / "runs").iterdir()
-            self._result = {
-                "env": self.env,
-                "home": self.home,
-                "folder": folder,
-                "seconds": time.perf_counter() - self.started,
-                "gate": json.loads((folder / "metrics" / "gate.json").read_text()),
-            }
-        return self._result
-
-    def stop(self) -> None:
-        stop_tree(self.proc)
-
-
-@pytest.fixture(scope="module")
-def training_run(
-    request: pytest.FixtureRequest, tracking: dict[str, str], tmp_path_factory: pytest.TempPathFactory, simulator: None
-) -> Iterator[TrainingRun | None]:
-    """Starts the training run at once when a selected test needs its model (else None)."""
-    if not any("trained" in item.fixturenames for item in request.session.items):
-        yield None
-        return
-    run = TrainingRun(tmp_path_factory.mktemp("airflow"), tracking)
-    try:
-        yield run
-    finally:
-        run.stop()
-
-
-@pytest.fixture(scope="module")
-def trained(training_run: TrainingRun) -> dict[str, Any]:
-    return training_run.result()
 
 
 # ------------------------------------------------------------------ live Airflow
@@ -231,7 +169,7 @@ class CeleryRuns:
 
 
 @pytest.fixture(scope="module")
-def celery_runs(s3, training_run, tmp_path_factory: pytest.TempPathFactory) -> CeleryRuns:
+def celery_runs(tracking: dict[str, str], tmp_path_factory: pytest.TempPathFactory, simulator: None) -> CeleryRuns:
     """The team host's executor, live: Postgres, Redis, api-server, scheduler,
     dag-processor and two Celery workers (one task at a time each). Two runs of
     par_training at once, one triggered through REST (two tasks, so every mapped step
@@ -242,7 +180,6 @@ def celery_runs(s3, training_run, tmp_path_factory: pytest.TempPathFactory) -> C
     root = tmp_path_factory.mktemp("celery")
     home = root / "airflow"
     with contextlib.ExitStack() as cleanup:
-        tracking = cleanup.enter_context(mlflow_on_s3(root / "mlflow", s3, "live"))
         # Two runs, two workers, the scheduler and the UI write to the metadata DB at once
         # (and Celery's results go there too): Postgres, as in production.
         database = cleanup.enter_context(postgres_server())
@@ -342,7 +279,6 @@ def stack_runs_open(client: Any, run_id: str, stage: str) -> bool:
 
 
 def test_live_airflow_runs_triggered_from_rest_and_ui_concurrently(celery_runs):
-    """Defined first: it runs while the training run (started by ``training_run``) goes on."""
     c = celery_runs
     rest_run, ui_run, folders = c.rest_run, c.ui_run, c.folders
     assert c.prepared == REST_CONF["tasks"]  # the tasks mapped over
@@ -418,34 +354,47 @@ def alias_version(client: Any, alias: str) -> str | None:
         return None
 
 
-def test_training_dag_registers_a_version_and_moves_aliases_as_the_gate_decided(trained, tracking, client):
-    folder, gate = trained["folder"], trained["gate"]
+def last_gated(celery_runs: CeleryRuns) -> str:
+    """The run whose gate step ended last: it set ``candidate`` last."""
+
+    def gate_end(run_id: str) -> str:
+        (gate,) = [ti for ti in celery_runs.instances[run_id] if ti["task_id"] == "gate"]
+        return gate["end_date"]
+
+    return max(celery_runs.runs, key=gate_end)
+
+
+def test_training_dag_registers_a_version_and_moves_aliases_as_the_gate_decided(celery_runs, tracking, client):
+    folder = celery_runs.folders[celery_runs.rest_run]
     params = yaml.safe_load((folder / "params.yaml").read_text())
     profile = yaml.safe_load((ROOT / "profiles" / f"{PROFILE}.yaml").read_text())
-    # the profile's values, not params.yaml's
-    assert params["tasks"] == profile["tasks"] and params["collect"]["demos_per_task"] == 2
-    for task in profile["tasks"]:
+    # the profile's values (and the trigger's tasks), not params.yaml's
+    assert params["tasks"] == REST_CONF["tasks"] and params["collect"]["demos_per_task"] == 2
+    assert profile["collect"]["demos_per_task"] == 2
+    for task in REST_CONF["tasks"]:
         assert json.loads((folder / "metrics" / "eval" / f"{task}.json").read_text())["episodes"] == 2
-
-    version = client.get_model_version(MODEL, gate["version"])
-    assert alias_version(client, "candidate") == version.version
-    for task in profile["tasks"]:
+        version = client.get_model_version(MODEL, json.loads((folder / "metrics" / "gate.json").read_text())["version"])
         assert f"par.{task}.success_once" in version.tags and f"par.{task}.wilson_low" in version.tags
+
+    last = celery_runs.folders[last_gated(celery_runs)]
+    gate = json.loads((last / "metrics" / "gate.json").read_text())
+    assert alias_version(client, "candidate") == gate["version"]
     if gate["promoted"]:
-        assert alias_version(client, "champion") == version.version
+        assert alias_version(client, "champion") == gate["version"]
     else:
         assert gate["refusal_reasons"]
         assert alias_version(client, "champion") == gate["previous_champion"]  # unmoved (None: never set)
 
-    # The model's files are on S3, and every stage's MLflow run nests under this DAG run's run.
-    assert version.source.startswith(("models:/", "s3://"))
-    listing = s3_client(tracking["MLFLOW_S3_ENDPOINT_URL"]).list_objects_v2(Bucket=BUCKET, Prefix="artifacts/")
+    # The models' files are on S3, and every stage's MLflow run nests under its DAG run's run.
+    assert client.get_model_version(MODEL, gate["version"]).source.startswith(("models:/", "s3://"))
+    s3 = s3_client(tracking["MLFLOW_S3_ENDPOINT_URL"])
+    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"{ARTIFACT_PREFIX}/")
     keys = [o["Key"] for o in listing.get("Contents", [])]
     assert any(k.endswith("policy.json") for k in keys), keys[:20]
-    runs = client.search_runs(
-        [client.get_experiment_by_name("par").experiment_id], "tags.`par.kind` = 'pipeline'", max_results=5
-    )
-    assert len(runs) == 1 and runs[0].data.tags["par.pipeline_key"].startswith("par_training-manual__")
+    experiment = client.get_experiment_by_name("par").experiment_id
+    runs = client.search_runs([experiment], "tags.`par.kind` = 'pipeline'", max_results=5)
+    keys = sorted(r.data.tags["par.pipeline_key"] for r in runs)
+    assert keys == sorted(f"par_training-{r}" for r in celery_runs.runs)  # one pipeline run a DAG run
 
 
 def plant_champion(client: Any, version: Any, inflate: dict[str, float] | None = None) -> str:
@@ -465,40 +414,50 @@ def plant_champion(client: Any, version: Any, inflate: dict[str, float] | None =
     return planted
 
 
-def nightly(trained: dict[str, Any], name: str) -> tuple[Path, float]:
-    log = trained["home"] / f"nightly-{name}.log"
-    seconds = dags_test("par_nightly_eval", {"profile": PROFILE}, trained["env"], log, timeout=900)
-    return log, seconds
+@dataclass
+class Nightly:
+    """Where the nightly runs happen: an Airflow home of their own (SQLite) tracking into
+    the live runs' MLflow server, and the version the REST run registered."""
+
+    home: Path
+    env: dict[str, str]
+    version: str
 
 
-def nightly_on_local_executor(trained: dict[str, Any], tracking: dict[str, str]) -> Path:
+@pytest.fixture(scope="module")
+def nightly_site(celery_runs: CeleryRuns, tracking: dict[str, str], tmp_path_factory) -> Nightly:
+    home = tmp_path_factory.mktemp("nightly")
+    extra = tracking | {"OMP_NUM_THREADS": "1"}  # as the evaluation at promotion ran
+    gate = json.loads((celery_runs.folders[celery_runs.rest_run] / "metrics" / "gate.json").read_text())
+    return Nightly(home, extra, gate["version"])
+
+
+def nightly_on_local_executor(site: Nightly) -> Path:
     """par_nightly_eval triggered through REST on a live stack of the LocalExecutor
-    (SQLite, the training run's metadata database; what ``airflow standalone`` runs), no
-    scheduled run of its own; returns the run's folder."""
-    home = trained["home"]
-    extra = tracking | {
-        "OMP_NUM_THREADS": "1",
+    (SQLite; what ``airflow standalone`` runs), no scheduled run of its own; returns the
+    run's folder."""
+    extra = site.env | {
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # unpaused, the DAG would also run at once for 03:00
     }
-    with AirflowStack(home, home / "runs", extra, parallelism=1) as stack:
+    with AirflowStack(site.home, site.home / "runs", extra, parallelism=1) as stack:
         assert stack.env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
         stack.wait_dag("par_nightly_eval")
         run_id = stack.trigger("par_nightly_eval", {"profile": PROFILE})
         state = stack.wait_runs("par_nightly_eval", [run_id], timeout=900)[run_id]
         runs = stack.request("GET", "/api/v2/dags/par_nightly_eval/dagRuns")["dag_runs"]
-    assert state == "success", f"par_nightly_eval {run_id} ended {state}; logs under {home / 'logs'}"
+    assert state == "success", f"par_nightly_eval {run_id} ended {state}; logs under {site.home / 'logs'}"
     assert [r["dag_run_id"] for r in runs] == [run_id]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PAR_RUNS_ROOT", str(home / "runs"))
+        mp.setenv("PAR_RUNS_ROOT", str(site.home / "runs"))
         return Path(nightly_folder_of(run_id))
 
 
-def test_nightly_eval_passes_for_an_honest_champion(trained, tracking, client):
+def test_nightly_eval_passes_for_an_honest_champion(nightly_site, client):
     """Through the LocalExecutor (the other nightly run is ``airflow dags test``)."""
-    version = client.get_model_version(MODEL, trained["gate"]["version"])
+    version = client.get_model_version(MODEL, nightly_site.version)
     plant_champion(client, version)
-    folder = nightly_on_local_executor(trained, tracking)
+    folder = nightly_on_local_executor(nightly_site)
     result = json.loads((folder / "regression.json").read_text())
     assert result["version"] == version.version and result["regressions"] == []
     fresh = result["fresh"]["PushCube-v1"]
@@ -508,14 +467,17 @@ def test_nightly_eval_passes_for_an_honest_champion(trained, tracking, client):
     assert tags["par.nightly.status"] == "ok" and "par.nightly.checked_at" in tags
 
 
-def test_nightly_eval_fails_on_a_planted_regression_naming_task_and_rates(trained, client):
-    version = client.get_model_version(MODEL, trained["gate"]["version"])
+def test_nightly_eval_fails_on_a_planted_regression_naming_task_and_rates(nightly_site, client):
+    """``airflow dags test`` of the nightly DAG, in the same Airflow home."""
+    version = client.get_model_version(MODEL, nightly_site.version)
     achieved = float(version.tags["par.PushCube-v1.success_once"])
     if achieved > 0.9:
         pytest.skip("the trained model succeeded too often to plant a higher recorded rate")
     planted = plant_champion(client, version, {"PushCube-v1": 1.0})
+    env = airflow_env(nightly_site.home, nightly_site.home / "runs", nightly_site.env)
+    db_migrate(env, nightly_site.home / "migrate-dags-test.log")  # a no-op after the LocalExecutor's run
     with pytest.raises(DagRunFailedError) as failure:
-        nightly(trained, "planted")
+        dags_test("par_nightly_eval", {"profile": PROFILE}, env, nightly_site.home / "nightly-planted.log", timeout=900)
     text = failure.value.log.read_text()
     message = (
         "PushCube-v1: success_once fell from 1.000 (recorded at promotion, 95% interval lower bound 0.950) "
