@@ -31,35 +31,32 @@ from tests.cli import run_module
 from tests.components.conftest import nan_action_policy
 
 
-def test_closed_loop_evaluation_writes_rows_metrics_and_video(policy_dir, smoke_params, demos, tmp_path):
+def test_closed_loop_evaluation_writes_rows_metrics_and_video_and_its_shards_agree(
+    policy_dir, smoke_params, demos, tmp_path
+):
+    """One process evaluating every seed writes rows, metrics and a video; with
+    ``evaluate.shards`` worker processes, merged, the same episodes, outcomes and videos."""
     params = load_params(smoke_params)
     manifest = json.loads((demos / "PushCube-v1" / "manifest.json").read_text())
-    metrics = evaluate(
-        load_policy(policy_dir), "PushCube-v1", params.evaluate, tmp_path / "eval", manifest=manifest, progress=False
-    )
-    rows = json.loads((tmp_path / "eval" / "episodes.json").read_text())
-    assert [r["seed"] for r in rows] == [1_000_000, 1_000_001]
-    # terminations ignored: every episode runs max steps
-    assert all(r["steps"] == params.evaluate.max_episode_steps["PushCube-v1"] for r in rows)
-    assert metrics["episodes"] == 2 and 0 <= metrics["wilson_low"] <= metrics["success_once"] <= metrics["wilson_high"]
-    assert len(list((tmp_path / "eval" / "videos").glob("*.mp4"))) == 1
-    assert metrics["policy_sha256"] == bundle_sha256(policy_dir)  # which policy this is evidence of
-
-
-def test_sharded_evaluation_gives_the_serial_results(policy_dir, smoke_params, tmp_path):
-    """``evaluate.shards`` worker processes, merged: the same episodes, outcomes and
-    videos as one process evaluating every seed."""
-    params = load_params(smoke_params)
     threads = torch.get_num_threads()
     try:  # a shard worker beside others takes its share of the cores
         one_thread = params.evaluate.model_copy(update={"threads": 1})
-        serial = evaluate(load_policy(policy_dir), "PushCube-v1", one_thread, tmp_path / "serial", progress=False)
+        policy = load_policy(policy_dir)
+        serial = evaluate(policy, "PushCube-v1", one_thread, tmp_path / "serial", manifest=manifest, progress=False)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
+    rows = json.loads((tmp_path / "serial" / "episodes.json").read_text())
+    assert [r["seed"] for r in rows] == [1_000_000, 1_000_001]
+    # terminations ignored: every episode runs max steps
+    assert all(r["steps"] == params.evaluate.max_episode_steps["PushCube-v1"] for r in rows)
+    assert serial["episodes"] == 2 and 0 <= serial["wilson_low"] <= serial["success_once"] <= serial["wilson_high"]
+    assert len(list((tmp_path / "serial" / "videos").glob("*.mp4"))) == 1
+    assert serial["policy_sha256"] == bundle_sha256(policy_dir)  # which policy this is evidence of
+
     sharded_params = params.evaluate.model_copy(update={"shards": 2})
     sharded = evaluate_sharded(str(policy_dir), "PushCube-v1", sharded_params, tmp_path / "sharded", None, False)
-    assert sharded["episodes"] == serial["episodes"] == 2 and sharded["seeds"] == [1_000_000, 1_000_001]
+    assert sharded["episodes"] == 2 and sharded["seeds"] == [1_000_000, 1_000_001]
     keep = ("seed", "policy_seed", "success_once", "success_at_end", "steps", "failure", "reached")
     rows = [json.loads((tmp_path / f / "episodes.json").read_text()) for f in ("serial", "sharded")]
     assert [{k: r[k] for k in keep} for r in rows[0]] == [{k: r[k] for k in keep} for r in rows[1]]
@@ -71,7 +68,11 @@ def test_sharded_evaluation_gives_the_serial_results(policy_dir, smoke_params, t
 def test_a_batch_of_envs_steps_each_episode_as_it_runs_alone(policy_dir, smoke_params):
     """``evaluate.num_envs``: 2 episodes in 2 worker envs, one batched policy call a
     decision, end in the same simulation state, to the last bit, as each alone, one
-    after another in one env (the first one recorded: its frames too)."""
+    after another in one env (the first one recorded: its frames too). The GPU path's
+    GpuChunkEnvs (one ManiSkill simulation of N envs) cannot run N > 1 here without a
+    GPU; with the CPU simulation's single env its code gives the first episode too."""
+    from components.integrations.chunk_env import GpuChunkEnvs
+
     params = load_params(smoke_params).evaluate
     policy = load_policy(policy_dir)
     spec = chunk_env_spec(policy, "PushCube-v1", policy.task_info("PushCube-v1"), max_steps=40)
@@ -84,31 +85,19 @@ def test_a_batch_of_envs_steps_each_episode_as_it_runs_alone(policy_dir, smoke_p
         for pair, keep in zip(pairs, record, strict=True):
             alone += run_wave(policy, env, 0, [pair], [keep], params)
             alone_states += env.call("state")
+    with closing(GpuChunkEnvs(spec, 1, sim_backend="physx_cpu")) as envs:
+        (one_sim,) = run_wave(policy, envs, 0, pairs[:1], [True], params)
     assert all(np.array_equal(a, b) for a, b in zip(states, alone_states, strict=True))  # to the last bit
     assert not np.array_equal(*alone_states)  # the seeds differ: the test can fail
     frames = batched[0].pop("frames")
     assert frames.shape == (41, 64, 64, 3) and np.array_equal(frames, alone[0].pop("frames"))
+    assert np.array_equal(frames, one_sim.pop("frames"))
     for together, by_itself in zip(batched, alone, strict=True):
         assert together.pop("policy_seconds") >= 0 and by_itself.pop("policy_seconds") >= 0
         assert together == by_itself and together["steps"] == 40
+    one_sim.pop("policy_seconds")
+    assert one_sim == batched[0]
     assert [r["seed"] for r in batched] == [s for s, _ in pairs]
-
-
-def test_the_gpu_simulation_path_runs_an_episode_as_a_worker_env_does(policy_dir, smoke_params):
-    """GpuChunkEnvs (one ManiSkill simulation of N envs) cannot run N > 1 here without a
-    GPU; with the CPU simulation's single env its code gives what ChunkEnv gives."""
-    from components.integrations.chunk_env import GpuChunkEnvs
-
-    params = load_params(smoke_params).evaluate
-    policy = load_policy(policy_dir)
-    spec = chunk_env_spec(policy, "PushCube-v1", policy.task_info("PushCube-v1"), max_steps=40)
-    with closing(GpuChunkEnvs(spec, 1, sim_backend="physx_cpu")) as envs:
-        one_sim = run_wave(policy, envs, 0, [(1_000_001, 1_000_001)], [True], params)[0]
-    with closing(vector_env(spec, 1)) as env:
-        worker = run_wave(policy, env, 0, [(1_000_001, 1_000_001)], [True], params)[0]
-    assert np.array_equal(one_sim.pop("frames"), worker.pop("frames"))
-    one_sim.pop("policy_seconds"), worker.pop("policy_seconds")
-    assert one_sim == worker and worker["steps"] == 40
 
 
 def test_an_episode_that_ends_early_leaves_the_batch_stepping(policy_dir):
