@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 from components.formats.params import load_params
 from components.formats.policy import load_policy
 from components.ml.fit import FitPaths, fit
-from tests.cli import run_module
+from tests.cli import Completed, run_module
 from tests.components.conftest import write_params
 
 
@@ -42,6 +43,16 @@ def _train_cmd(params, encoded, pretrained, tmp, name):
     ]
 
 
+def _train_here(cmd: list[str]) -> Completed:
+    """The command line ``cmd`` (``python -m components.train ...``) run in this process
+    (the process that is killed is a real one); the thread count is put back after."""
+    threads = torch.get_num_threads()
+    try:
+        return run_module(*cmd[2:])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_train_writes_a_loadable_policy(encoded, pretrained, smoke_params, tmp_path):
     params = load_params(smoke_params)
     paths = FitPaths(
@@ -63,14 +74,14 @@ def test_train_writes_a_loadable_policy(encoded, pretrained, smoke_params, tmp_p
     assert "loss" in run_info.data.metrics and run_info.data.params["model.d_model"] == "128"
 
 
-def test_killed_training_resumes_to_the_same_weights(encoded, pretrained, tmp_path):
+def test_killed_training_resumes_to_the_same_weights(encoded, pretrained, tmp_path, caplog):
     params = write_params(
         tmp_path / "params.yaml",
         # One thread: with two, the math libraries may split a product differently when the
         # machine is busy, and the reference and resumed runs then differ in the 6th digit.
         train={"steps": 12, "batch_size": 4, "checkpoint_every": 6, "log_every": 3, "warmup_steps": 2, "threads": 1},
     )
-    reference = subprocess.run(_train_cmd(params, encoded, pretrained, tmp_path, "ref"), capture_output=True, text=True)
+    reference = _train_here(_train_cmd(params, encoded, pretrained, tmp_path, "ref"))
     assert reference.returncode == 0, reference.stderr
 
     cmd = _train_cmd(params, encoded, pretrained, tmp_path, "kill")
@@ -85,9 +96,10 @@ def test_killed_training_resumes_to_the_same_weights(encoded, pretrained, tmp_pa
         proc.wait()
     assert not (tmp_path / "kill_policy").exists()
     first_run = torch.load(tmp_path / "kill_ckpt" / "last" / "training_state.pt", weights_only=True)["run_id"]
-    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    with caplog.at_level(logging.INFO, logger="components"):
+        resumed = _train_here(cmd)
     assert resumed.returncode == 0, resumed.stderr
-    assert "resuming train from step" in resumed.stderr
+    assert "resuming train from step 6" in caplog.text
     assert json.loads((tmp_path / "kill.json").read_text())["mlflow_run_id"] == first_run
 
     a = load_file(tmp_path / "ref_policy" / "model" / "model.safetensors")
@@ -117,7 +129,7 @@ def test_a_run_killed_before_its_first_checkpoint_is_not_left_running(encoded, p
         proc.wait()
     killed = json.loads(record.read_text())["run_id"]
     assert mlflow.get_run(killed).info.status == "RUNNING"  # what the kill leaves behind
-    again = subprocess.run(cmd, capture_output=True, text=True)
+    again = _train_here(cmd)
     assert again.returncode == 0, again.stderr
     assert mlflow.get_run(killed).info.status == "FAILED"
     assert "killed before its first checkpoint" in mlflow.get_run(killed).data.tags["par.ended"]
