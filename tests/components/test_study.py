@@ -24,7 +24,7 @@ def test_every_cell_of_the_video_prior_plan_gives_valid_params_through_dvc(tmp_p
     plan = read_plan(PLAN)
     base = materialize(load_params(ROOT / plan.base).model_dump(mode="json", by_alias=True))
     cells = plan.cells()
-    assert len(cells) == len(plan.arms) * len(plan.demos) * len(plan.seeds) == 16
+    assert len(cells) == len(plan.arms) * len(plan.demos) * len(plan.seeds) == 20
     assert [c["demos"] for c in cells[: len(plan.arms)]] == [25] * len(plan.arms)  # the smallest count first
     mixes = {}
     for cell in cells:
@@ -35,16 +35,18 @@ def test_every_cell_of_the_video_prior_plan_gives_valid_params_through_dvc(tmp_p
         apply_overrides(str(params), argv[6::2])  # the values of the -S flags
         loaded = load_params(params)
         assert loaded.collect.demos_per_task == cell["demos"] and loaded.train.seed == cell["seed"]
-        mixes[cell["arm"]] = (loaded.pretrain.enabled, loaded.pretrain.mix)
+        mixes[cell["arm"]] = (loaded.pretrain.enabled, loaded.pretrain.mix, loaded.pretrain.steps)
     assert mixes["none"][0] is False
     assert mixes["other-tasks"][1] == {"demos": 0.0, "other-tasks": 1.0}
     assert mixes["other-and-target"][1] == {"demos": 0.0, "other-tasks": 1.0, "target-videos": 1.0}
     assert mixes["demos"][1] == {"demos": 1.0}
+    assert mixes["other-and-target-long"][1:] == (mixes["other-and-target"][1], 4 * mixes["other-and-target"][2])
 
 
 def _plan(tmp_path: Path) -> Path:
     data = yaml.safe_load(PLAN.read_text())
     data |= {"demos": [10, 40], "seeds": [0, 1], "results": str(tmp_path / "study" / "results.csv")}
+    data["arms"] = {arm: data["arms"][arm] for arm in ("none", "other-tasks", "other-and-target", "demos")}
     data["base"] = str(ROOT / data["base"])
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
