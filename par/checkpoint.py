@@ -115,6 +115,10 @@ class LoadReport:
     new: list[str] = field(default_factory=list)
     mismatched: list[str] = field(default_factory=list)  # "name: source shape vs target shape"
 
+    def taken_names(self) -> set[str]:
+        """The state-dict names of the tensors taken (whole, or their leading rows)."""
+        return {name.split("[", 1)[0] for name in self.taken}
+
     def summary(self) -> str:
         return (
             f"{len(self.taken)} tensors taken from the pretrained model, "

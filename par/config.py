@@ -169,6 +169,12 @@ class TrainConfig(BaseModel):
     # Exponential moving average of the weights (0 disables it); the EMA weights are the
     # ones a caller should save and act with. Warm-up: decay min(ema, (1 + s) / (10 + s)).
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    # For the first N steps the weights taken from video pretraining stay as they are
+    # (their learning rate is 0; the gradient clip sees the other weights only) and the
+    # new parts, the action head and tokenizer, learn alone against that backbone; from
+    # step N on everything trains. 0: nothing is held (a run without pretrained weights
+    # holds nothing either way).
+    freeze_pretrained_steps: int = Field(default=0, ge=0)
 
 
 # Named sizes. ``tiny`` trains in minutes on a 2-core CPU; ``small`` is an hour-scale

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -38,15 +38,21 @@ def lr_at(step: int, config: TrainConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; no weight decay on biases, norms and embedding tables (1-D or 0-D)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr,
-        betas=(0.9, 0.95),
-    )
+def make_optimizer(model: torch.nn.Module, config: TrainConfig, held: Collection[str] = ()) -> torch.optim.AdamW:
+    """AdamW; no weight decay on biases, norms and embedding tables (1-D or 0-D). The
+    parameters named in ``held`` get groups of their own, marked ``held`` (the trainer
+    gives them a learning rate of 0 for ``config.freeze_pretrained_steps`` steps)."""
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    groups = []
+    for is_held in (False, True):
+        mine = [p for name, p in named if (name in held) == is_held]
+        for params, decay in (
+            ([p for p in mine if p.dim() >= 2], config.weight_decay),
+            ([p for p in mine if p.dim() < 2], 0.0),
+        ):
+            if params or not is_held:  # the two groups of an optimizer that holds nothing, as they always were
+                groups.append({"params": params, "weight_decay": decay} | ({"held": True} if is_held else {}))
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
 
 
 @dataclass
@@ -104,7 +110,16 @@ def resolve_device(name: str) -> torch.device:
 class Trainer:
     """Teacher-forced training of a PAR on sampled windows (data parallel with a :class:`Shard`)."""
 
-    def __init__(self, model: PAR, sampler: WindowSampler, config: TrainConfig, shard: Shard | None = None) -> None:
+    def __init__(
+        self,
+        model: PAR,
+        sampler: WindowSampler,
+        config: TrainConfig,
+        shard: Shard | None = None,
+        pretrained: Collection[str] = (),
+    ) -> None:
+        """``pretrained``: the names of the parameters taken from video pretraining, which
+        ``config.freeze_pretrained_steps`` holds still at first."""
         self.model, self.sampler, self.config = model, sampler, config
         self.shard = shard or Shard()
         if config.threads:
@@ -117,7 +132,7 @@ class Trainer:
                 raise RuntimeError(f"a shard of {self.shard.world_size} processes needs their process group")
             # Video pretraining leaves the action head unused: DDP must not wait for its gradients.
             self.net = DistributedDataParallel(self.net, find_unused_parameters=sampler.video)
-        self.optimizer = make_optimizer(model, config)
+        self.optimizer = make_optimizer(model, config, set(pretrained) if config.freeze_pretrained_steps else ())
         self.step = 0
         self.generator = torch.Generator().manual_seed(config.seed)
         self.ema: dict[str, torch.Tensor] | None = (
@@ -128,8 +143,9 @@ class Trainer:
         start = time.perf_counter()
         self.model.train()
         lr = lr_at(self.step, self.config)
+        holding = self.step < self.config.freeze_pretrained_steps
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = 0.0 if holding and group.get("held") else lr
         size, rows = self.config.batch_size, self.shard.rows(self.config.batch_size)
         batch = self.sampler.sample(size, self.generator, rows)
         noise = None
@@ -140,11 +156,17 @@ class Trainer:
             out = self.net(batch, noise)
         self.optimizer.zero_grad(set_to_none=True)
         out.total.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._learning(holding), self.config.grad_clip)
         self.optimizer.step()
         self._update_ema()
         self.step += 1
         return StepResult(self.step, self._global(out), lr, time.perf_counter() - start, float(grad_norm))
+
+    def _learning(self, holding: bool) -> Iterable[torch.nn.Parameter]:
+        """The parameters this step moves: all of them, or, while held ones are held, the rest."""
+        if not holding:
+            return self.model.parameters()
+        return [p for group in self.optimizer.param_groups if not group.get("held") for p in group["params"]]
 
     def _global(self, out: LossOutput) -> LossOutput:
         """The losses of the global batch: the mean of the processes' (equal shares)."""

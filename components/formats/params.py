@@ -396,11 +396,27 @@ class Params(Section):
         for name, source in self.videos.sources.items():
             if isinstance(source, ManiSkillVideos):
                 _no_shared_seeds(name, source, self)
+        _something_to_hold(self)
         return self
 
     @property
     def validate_params(self) -> ValidateParams:
         return self.validate_
+
+
+def _something_to_hold(params: Params) -> None:
+    """freeze_pretrained_steps holds weights taken from video pretraining: train only,
+    and only when there are such weights."""
+    if params.pretrain.freeze_pretrained_steps:
+        raise ValueError("pretrain.freeze_pretrained_steps: pretraining has no pretrained weights; set it under train")
+    reasons = {
+        "pretrain.enabled is false": not params.pretrain.enabled,
+        "the baseline has no video pretraining": params.model.kind == "bc",
+        "model.ablation is no_video_pretrain": params.model.ablation == "no_video_pretrain",
+    }
+    why = [reason for reason, applies in reasons.items() if applies]
+    if params.train.freeze_pretrained_steps and why:
+        raise ValueError(f"train.freeze_pretrained_steps holds video-pretrained weights, but {why[0]}")
 
 
 def _no_shared_seeds(name: str, source: ManiSkillVideos, params: Params) -> None:

@@ -412,7 +412,8 @@ def fit(mode: Mode, params: Params, params_path: Path, paths: FitPaths, progress
         setup = prepare(mode, params, paths)
         if setup is None:
             return _write_skipped(skip_reason(mode, params) or "", paths) if world.leader else {"skipped": True}
-        trainer = Trainer(setup.model, setup.sampler(), train_config(setup.optim), shard=world.shard)
+        pretrained = setup.load_report.taken_names() if setup.load_report else set()
+        trainer = Trainer(setup.model, setup.sampler(), train_config(setup.optim), world.shard, pretrained)
         store = CheckpointStore(paths.checkpoints, fingerprint(setup))
         if world.leader:
             return _lead(setup, trainer, store, params_path, paths, progress, world)

@@ -59,6 +59,12 @@ def test_repository_params_and_profiles_are_valid():
         ("train: {lr: .nan}\n", "train.lr"),
         ("train: {min_lr_ratio: .inf}\n", "train.min_lr_ratio"),
         ("train: {weight_decay: .inf}\n", "train.weight_decay"),
+        # Holding video-pretrained weights: in train, and only where there are some.
+        ("train: {freeze_pretrained_steps: -1}\n", "train.freeze_pretrained_steps"),
+        ("pretrain: {freeze_pretrained_steps: 5}\n", "pretrain.freeze_pretrained_steps: pretraining has no"),
+        ("pretrain: {enabled: false}\ntrain: {freeze_pretrained_steps: 5}\n", "but pretrain.enabled is false"),
+        ("model: {kind: bc}\ntrain: {freeze_pretrained_steps: 5}\n", "the baseline has no video pretraining"),
+        ("model: {ablation: no_video_pretrain}\ntrain: {freeze_pretrained_steps: 5}\n", "ablation is no_video"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, text, message):

@@ -178,3 +178,22 @@ def test_behaviour_cloning_baseline_trains(encoded, tmp_path):
 def test_missing_pretrained_model_is_a_clear_error(encoded, smoke_params, tmp_path):
     result = run_module(*_train_cmd(smoke_params, encoded, tmp_path / "nowhere", tmp_path, "x")[2:])
     assert result.returncode == 2 and "pretrained model" in result.stderr and "run pretrain first" in result.stderr
+
+
+def test_weights_held_for_the_whole_run_reach_the_policy_as_pretraining_left_them(encoded, pretrained, tmp_path):
+    """train.freeze_pretrained_steps as long as the run: every tensor taken from video
+    pretraining is in the policy bit for bit (a frozen backbone, a probe of the prior)."""
+    from par.checkpoint import load_pretrained
+
+    # No EMA: its average of equal weights rounds in the last bit.
+    train = {"steps": 4, "batch_size": 4, "checkpoint_every": 4, "log_every": 2, "warmup_steps": 1}
+    params = write_params(tmp_path / "params.yaml", train=train | {"freeze_pretrained_steps": 4, "ema_decay": 0.0})
+    paths = FitPaths(encoded, tmp_path / "pol", tmp_path / "ckpt", tmp_path / "m.json", tmp_path / "plots", pretrained)
+    fit("train", load_params(params), params, paths, progress=False)
+    policy = load_file(tmp_path / "pol" / "model" / "model.safetensors")
+    source = load_file(pretrained / "model" / "model.safetensors")
+    taken = load_pretrained(load_policy(tmp_path / "pol").model, source).taken_names()
+    assert any(name.startswith("transformer.") for name in taken)
+    for name in taken:
+        rows = policy[name].shape[0]
+        torch.testing.assert_close(policy[name], source[name][:rows], rtol=0, atol=0, msg=name)

@@ -6,17 +6,18 @@ import pytest
 import torch
 
 from par.data import WindowSampler
-from par.model import PAR
+from par.model import PAR, VIDEO_PREFIXES
 from par.synthetic import make_episodes
 from par.training import Shard, TrainConfig, Trainer, lr_at
 from tests.par.helpers import tiny_config
 
 
-def _trainer(config, seed: int = 0, **overrides) -> Trainer:
+def _trainer(config, seed: int = 0, pretrained: frozenset[str] = frozenset(), **overrides) -> Trainer:
     torch.manual_seed(seed)
     model = PAR(config)
     sampler = WindowSampler(make_episodes(config, 6, length=12), config.context_steps, config.chunk_len)
-    return Trainer(model, sampler, TrainConfig(steps=8, batch_size=3, warmup_steps=2, **overrides))
+    train = TrainConfig(steps=8, batch_size=3, warmup_steps=2, **overrides)
+    return Trainer(model, sampler, train, pretrained=pretrained)
 
 
 def test_lr_schedule_warms_up_then_decays():
@@ -79,3 +80,26 @@ def test_the_shards_of_a_batch_are_the_batch_one_process_draws():
     assert all(torch.equal(p[2], drawn) for p in parts)  # every process counts the whole batch
     with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
         Shard(0, 3).rows(4)
+
+
+def test_pretrained_weights_are_held_for_the_first_steps_then_train():
+    """``freeze_pretrained_steps``: the weights named as pretrained stay as they were
+    (AdamW's decay included) while the others learn; from that step on, all learn."""
+    config = tiny_config()
+    held = frozenset(name for name, _ in PAR(config).named_parameters() if name.startswith(VIDEO_PREFIXES))
+    assert held
+    trainer = _trainer(config, pretrained=held, freeze_pretrained_steps=3, ema_decay=0.0)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    def moved() -> set[str]:
+        now = trainer.model.state_dict()
+        return {k for k in held if not torch.equal(now[k], start[k])}
+
+    trainer.run(until=3)
+    others = [k for k, _ in trainer.model.named_parameters() if k not in held]
+    assert not moved() and any(not torch.equal(trainer.model.state_dict()[k], start[k]) for k in others)
+    trainer.run(until=4)
+    assert moved()  # the 4th step moves them
+    # no freeze: the same optimizer as ever (two groups), whatever is named pretrained
+    plain = _trainer(config, pretrained=held)
+    assert len(plain.optimizer.param_groups) == 2
