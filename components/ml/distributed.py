@@ -124,7 +124,12 @@ def start(world: World, device: str) -> None:
 
 
 def stop(world: World) -> None:
+    """Leave the process group once every rank is done: the ranks meet at a barrier first,
+    so that none destroys the group while rank 0 still writes its outputs. Without it, a
+    2-process run once hung after rank 0 had written everything (the other rank had left
+    long before), until the test stopped it 10 minutes later."""
     if world.size > 1 and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -408,20 +408,27 @@ def fit(mode: Mode, params: Params, params_path: Path, paths: FitPaths, progress
     if skip_reason(mode, params) is None:
         check_world(mode, optim.nproc, optim.device, world)
     distributed.start(world, optim.device)
-    try:
-        setup = prepare(mode, params, paths)
-        if setup is None:
-            return _write_skipped(skip_reason(mode, params) or "", paths) if world.leader else {"skipped": True}
-        pretrained = setup.load_report.taken_names() if setup.load_report else set()
-        trainer = Trainer(setup.model, setup.sampler(), train_config(setup.optim), world.shard, pretrained)
-        store = CheckpointStore(paths.checkpoints, fingerprint(setup))
-        if world.leader:
-            return _lead(setup, trainer, store, params_path, paths, progress, world)
-        _resume(store, setup, trainer, world)
-        _train_steps(trainer, setup.optim, None, lambda state: None)
-        return {}
-    finally:
-        distributed.stop(world)
+    # A rank that fails leaves the group as it is (torchrun stops the others): destroying
+    # it while another rank waits in a collective would hang that rank.
+    metrics = _fit_rank(mode, params, params_path, paths, progress, world)
+    distributed.stop(world)
+    return metrics
+
+
+def _fit_rank(
+    mode: Mode, params: Params, params_path: Path, paths: FitPaths, progress: bool, world: World
+) -> dict[str, Any]:
+    setup = prepare(mode, params, paths)
+    if setup is None:
+        return _write_skipped(skip_reason(mode, params) or "", paths) if world.leader else {"skipped": True}
+    pretrained = setup.load_report.taken_names() if setup.load_report else set()
+    trainer = Trainer(setup.model, setup.sampler(), train_config(setup.optim), world.shard, pretrained)
+    store = CheckpointStore(paths.checkpoints, fingerprint(setup))
+    if world.leader:
+        return _lead(setup, trainer, store, params_path, paths, progress, world)
+    _resume(store, setup, trainer, world)
+    _train_steps(trainer, setup.optim, None, lambda state: None)
+    return {}
 
 
 def _lead(
