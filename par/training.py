@@ -42,17 +42,17 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig, held: Collection
     """AdamW; no weight decay on biases, norms and embedding tables (1-D or 0-D). The
     parameters named in ``held`` get groups of their own, marked ``held`` (the trainer
     gives them a learning rate of 0 for ``config.freeze_pretrained_steps`` steps)."""
+
+    def groups(params: list[torch.nn.Parameter], **mark: bool) -> list[dict]:
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay, **mark},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, **mark},
+        ]
+
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    groups = []
-    for is_held in (False, True):
-        mine = [p for name, p in named if (name in held) == is_held]
-        for params, decay in (
-            ([p for p in mine if p.dim() >= 2], config.weight_decay),
-            ([p for p in mine if p.dim() < 2], 0.0),
-        ):
-            if params or not is_held:  # the two groups of an optimizer that holds nothing, as they always were
-                groups.append({"params": params, "weight_decay": decay} | ({"held": True} if is_held else {}))
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
+    learning = groups([p for name, p in named if name not in held])
+    holding = [g for g in groups([p for name, p in named if name in held], held=True) if g["params"]]
+    return torch.optim.AdamW(learning + holding, lr=config.lr, betas=(0.9, 0.95))
 
 
 @dataclass

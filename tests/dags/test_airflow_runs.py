@@ -167,6 +167,10 @@ class CeleryRuns:
     loss: dict[str, Any]  # the worker killed mid-task, and what became of its task
     stage_runs: list[Any]  # the MLflow runs of the killed stage in the REST run's pipeline run
 
+    def gate(self, run_id: str) -> dict[str, Any]:
+        """The gate's decision in run ``run_id``'s folder (metrics/gate.json)."""
+        return json.loads((self.folders[run_id] / "metrics" / "gate.json").read_text())
+
 
 @pytest.fixture(scope="module")
 def celery_runs(tracking: dict[str, str], tmp_path_factory: pytest.TempPathFactory, simulator: None) -> CeleryRuns:
@@ -286,7 +290,7 @@ def test_live_airflow_runs_triggered_from_rest_and_ui_concurrently(celery_runs):
     assert all(f.is_dir() for f in folders.values())
     steps = {r: yaml.safe_load((f / "params.yaml").read_text())["train"]["steps"] for r, f in folders.items()}
     assert steps == {rest_run: 3, ui_run: 4}  # the profile's value; the value typed into the form
-    gates = {r: json.loads((f / "metrics" / "gate.json").read_text()) for r, f in folders.items()}
+    gates = {r: c.gate(r) for r in folders}
     assert {g["version"] for g in gates.values()} == c.versions == {"1", "2"}  # one version each
     a, b = c.runs[rest_run], c.runs[ui_run]
     assert a["start_date"] < b["end_date"] and b["start_date"] < a["end_date"]  # they overlapped
@@ -331,8 +335,7 @@ def test_a_killed_worker_s_task_is_retried_on_the_other_and_leaves_no_partial_ou
     folder = celery_runs.folders[celery_runs.rest_run]
     leftovers = [p for p in folder.rglob("*") if ".tmp-" in p.name]
     assert not leftovers, leftovers
-    gate = json.loads((folder / "metrics" / "gate.json").read_text())
-    assert gate["version"] in celery_runs.versions
+    assert celery_runs.gate(celery_runs.rest_run)["version"] in celery_runs.versions
 
 
 def zombie(pid: int) -> bool:
@@ -371,13 +374,12 @@ def test_training_dag_registers_a_version_and_moves_aliases_as_the_gate_decided(
     # the profile's values (and the trigger's tasks), not params.yaml's
     assert params["tasks"] == REST_CONF["tasks"] and params["collect"]["demos_per_task"] == 2
     assert profile["collect"]["demos_per_task"] == 2
+    version = client.get_model_version(MODEL, celery_runs.gate(celery_runs.rest_run)["version"])
     for task in REST_CONF["tasks"]:
         assert json.loads((folder / "metrics" / "eval" / f"{task}.json").read_text())["episodes"] == 2
-        version = client.get_model_version(MODEL, json.loads((folder / "metrics" / "gate.json").read_text())["version"])
         assert f"par.{task}.success_once" in version.tags and f"par.{task}.wilson_low" in version.tags
 
-    last = celery_runs.folders[last_gated(celery_runs)]
-    gate = json.loads((last / "metrics" / "gate.json").read_text())
+    gate = celery_runs.gate(last_gated(celery_runs))
     assert alias_version(client, "candidate") == gate["version"]
     if gate["promoted"]:
         assert alias_version(client, "champion") == gate["version"]
@@ -428,8 +430,7 @@ class Nightly:
 def nightly_site(celery_runs: CeleryRuns, tracking: dict[str, str], tmp_path_factory) -> Nightly:
     home = tmp_path_factory.mktemp("nightly")
     extra = tracking | {"OMP_NUM_THREADS": "1"}  # as the evaluation at promotion ran
-    gate = json.loads((celery_runs.folders[celery_runs.rest_run] / "metrics" / "gate.json").read_text())
-    return Nightly(home, extra, gate["version"])
+    return Nightly(home, extra, celery_runs.gate(celery_runs.rest_run)["version"])
 
 
 def nightly_on_local_executor(site: Nightly) -> Path:
