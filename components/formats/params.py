@@ -58,12 +58,17 @@ class CameraParams(Section):
     # shader, tiled to the right of this one: a frame is then H x 2W. At 64x64 the base
     # view shows a cube as 4-5 pixels; the hand camera sees the grasp at full size.
     hand_camera: bool = False
+    # Show the goal markers a task hides from its cameras (PickCube's goal sphere, 5 cm
+    # across): a policy, and a video prior, can then see where the cube goes instead of
+    # reading it from proprio alone. ManiSkill shows them to its human render camera only.
+    show_goal: bool = False
 
     def manifest(self) -> dict[str, Any]:
         """The camera as manifests and policies record it. Options left at None, and
-        hand_camera when off, are left out: the default camera's entry is the same as
+        switches when off, are left out: the default camera's entry is the same as
         before they existed, so older policies still match newer datasets."""
-        return self.model_dump(exclude_none=True, exclude=None if self.hand_camera else {"hand_camera"})
+        off = {name for name in ("hand_camera", "show_goal") if not getattr(self, name)}
+        return self.model_dump(exclude_none=True, exclude=off or None)
 
     @model_validator(mode="after")
     def _eye_needs_target(self) -> CameraParams:

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from components.errors import ComponentError
@@ -39,6 +40,11 @@ def use_software_vulkan() -> None:
     logging.getLogger(MANISKILL_LOGGER).setLevel(logging.ERROR)
 
 
+# The project's own key in a manifest's env_kwargs (make_env takes it out before gym.make):
+# the cameras see the goal markers the task hides from them.
+SHOW_GOAL = "show_goal"
+
+
 def env_kwargs(
     control_mode: str, camera: CameraParams, robot_uids: str, sim_backend: str, max_episode_steps: int
 ) -> dict[str, Any]:
@@ -51,7 +57,7 @@ def env_kwargs(
         "max_episode_steps": max_episode_steps,
         "sensor_configs": sensor_configs(camera),
         "human_render_camera_configs": {"shader_pack": camera.shader},
-    }
+    } | ({SHOW_GOAL: True} if camera.show_goal else {})
 
 
 HAND_CAMERA = "hand_camera"  # the camera panda_wristcam carries on its gripper
@@ -99,15 +105,17 @@ def look_at_pose(eye: tuple[float, float, float], target: tuple[float, float, fl
 def make_env(task: str, kwargs: dict[str, Any]):
     """``gym.make(task, **kwargs)`` with a clear error for unknown or offline-only tasks."""
     use_software_vulkan()
-    import gymnasium as gym
     import mani_skill.envs  # noqa: F401 - registers the environments
 
     logging.getLogger(MANISKILL_LOGGER).setLevel(logging.ERROR)  # set to INFO when ManiSkill is imported
 
     if task not in gym.registry:
         raise ComponentError(f"unknown ManiSkill task {task!r}")
+    kwargs = dict(kwargs)
+    show_goal = kwargs.pop(SHOW_GOAL, False)
     try:
-        return gym.make(task, **kwargs)
+        env = gym.make(task, **kwargs)
+        return ShowGoal(env) if show_goal else env
     except (FileNotFoundError, urllib.error.URLError) as exc:
         raise ComponentError(
             f"task {task} needs assets that are not on this machine and cannot be downloaded here "
@@ -120,6 +128,22 @@ def make_env(task: str, kwargs: dict[str, Any]):
                 "software Vulkan driver, or set VK_ICD_FILENAMES."
             ) from exc
         raise
+
+
+class ShowGoal(gym.Wrapper):
+    """The task's hidden objects (its goal markers) shown to the cameras. ManiSkill lists
+    them anew whenever it builds a scene and hides them before each sensor render; after
+    each reset this shows them, empties the list and observes again."""
+
+    def reset(self, **kwargs: Any) -> tuple:
+        obs, info = self.env.reset(**kwargs)
+        base = self.env.unwrapped
+        if base._hidden_objects:
+            for obj in base._hidden_objects:
+                obj.show_visual()
+            base._hidden_objects = []
+            obs = base.get_obs()
+        return obs, info
 
 
 def planner_for(task: str):

@@ -243,6 +243,43 @@ def test_hand_camera_is_tiled_beside_the_base_camera(simulator):
     assert np.abs(frame[:, 64:].astype(np.float32) - base).mean() > 10.0
 
 
+def test_show_goal_puts_the_hidden_goal_in_the_frames(simulator):
+    """camera.show_goal: PickCube's goal sphere, hidden from cameras by ManiSkill, is in
+    every frame of every episode (ManiSkill lists it anew each time it builds a scene);
+    the switch rides in env_kwargs, so evaluation rebuilds the same view."""
+    import json
+
+    import numpy as np
+
+    from components.formats.params import CameraParams
+    from components.integrations.maniskill import SHOW_GOAL, env_kwargs, frame_of, make_env
+
+    def green(frame: np.ndarray) -> int:
+        return int(((frame[..., 1] > 120) & (frame[..., 0] < 100) & (frame[..., 2] < 100)).sum())
+
+    frames = {}
+    for show in (False, True):
+        camera = CameraParams(eye=(0.45, 0.0, 0.6), target=(0.05, 0.0, 0.0), fov=0.9, show_goal=show)
+        assert ("show_goal" in camera.manifest()) is show  # older manifests stay equal
+        kwargs = json.loads(json.dumps(env_kwargs("pd_joint_pos", camera, "panda", "physx_cpu", 50)))
+        assert kwargs.get(SHOW_GOAL, False) is show
+        env = make_env("PickCube-v1", kwargs)
+        try:
+            for seed in (0, 1):  # the second reset builds the scene again
+                obs, _ = env.reset(seed=seed, options={"reconfigure": True})
+                first = frame_of(obs, "base_camera")
+                obs, *_ = env.step(np.zeros(env.action_space.shape, np.float32))
+                frames[show, seed] = (first, frame_of(obs, "base_camera"))
+        finally:
+            env.close()
+    for seed in (0, 1):
+        assert [green(f) for f in frames[False, seed]] == [0, 0]
+        assert min(green(f) for f in frames[True, seed]) >= 5
+        # Nothing else changes: the goal's pixels are the difference.
+        changed = (frames[True, seed][0] != frames[False, seed][0]).any(axis=-1).sum()
+        assert changed <= 3 * green(frames[True, seed][0]), (changed, green(frames[True, seed][0]))
+
+
 def test_proprio_parts_in_the_order_params_name_them(simulator):
     """qpos, the hidden goal, and the goal relative to the gripper; zeros where a task has
     no hidden goal (PushCube), so one multi-task model reads every task."""
