@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,7 @@ from components.integrations.tracking import git_commit, log_study
 from components.ml.metrics import wilson_interval
 
 COLUMNS = ("cell", "arm", "demos", "seed", "success_once", "wilson_low", "wilson_high", "successes", "episodes",
-           "date", "commit")  # fmt: skip
+           "date", "commit", "milestone")  # fmt: skip
 
 
 class StudyPlan(BaseModel):
@@ -56,6 +57,9 @@ class StudyPlan(BaseModel):
     seeds: list[int] = Field(min_length=1)
     arms: dict[str, dict[str, Any]] = Field(min_length=1)  # arm -> {dotted.key: value}
     results: Path  # the CSV the results are appended to; the table and plot go beside it
+    # A progress flag of the task's evaluation (its ``reached`` rates, e.g. PickCube's
+    # is_grasped) kept beside success: where an arm fails, not only how often.
+    milestone: str | None = None
 
     def cells(self) -> list[dict[str, Any]]:
         """Every cell, the smallest demo count first (what the study answers first)."""
@@ -112,45 +116,70 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 def record(plan: StudyPlan, cell: dict[str, Any], eval_root: Path) -> dict[str, Any]:
     """Append the cell's evaluation of the task to the results CSV; return its row."""
     result = read_evaluation(eval_root / plan.task / "metrics.json", plan.task)
+    reached = getattr(result, "reached", None) or {}
+    if plan.milestone and plan.milestone not in reached:
+        where = eval_root / plan.task / "metrics.json"
+        raise ComponentError(f"{where} has no progress flag {plan.milestone!r} (it has {sorted(reached)})")
     row = cell | {
         "success_once": result.success_once, "wilson_low": result.wilson_low, "wilson_high": result.wilson_high,
         "successes": round(result.success_once * result.episodes), "episodes": result.episodes,
         "date": dt.date.today().isoformat(), "commit": git_commit() or "",
+        "milestone": reached[plan.milestone] if plan.milestone else "",
     }  # fmt: skip
-    new = not plan.results.is_file()
-    plan.results.parent.mkdir(parents=True, exist_ok=True)
-    with plan.results.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    _append(plan.results, row)
     return row
 
 
+def _append(path: Path, row: dict[str, Any]) -> None:
+    """The CSV with ``row`` added, replaced whole (rows written before a column existed
+    get it blank): a killed study leaves the file as it was."""
+    rows = [*read_results(path), row]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(COLUMNS), restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
 def pooled(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
-    """Per (arm, demos): successes and episodes over seeds, with the Wilson interval."""
-    out: dict[tuple[str, int], dict[str, Any]] = {}
+    """Per (arm, demos): successes and episodes over seeds, with the Wilson interval (and
+    the milestone's pooled rate and interval, where every cell has it)."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for row in rows:
-        entry = out.setdefault((row["arm"], int(row["demos"])), {"successes": 0, "episodes": 0, "seeds": []})
-        entry["successes"] += int(row["successes"])
-        entry["episodes"] += int(row["episodes"])
-        entry["seeds"].append(f"{float(row['success_once']):.3f}")
-    for entry in out.values():
-        entry["rate"] = entry["successes"] / entry["episodes"] if entry["episodes"] else 0.0
-        entry["low"], entry["high"] = wilson_interval(entry["successes"], entry["episodes"])
-    return out
+        groups.setdefault((row["arm"], int(row["demos"])), []).append(row)
+    return {key: _pool(cells) for key, cells in groups.items()}
+
+
+def _pool(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    episodes = sum(int(r["episodes"]) for r in cells)
+    successes = sum(int(r["successes"]) for r in cells)
+    entry = {"successes": successes, "episodes": episodes, "rate": successes / episodes if episodes else 0.0,
+             "seeds": [f"{float(r['success_once']):.3f}" for r in cells]}  # fmt: skip
+    entry["low"], entry["high"] = wilson_interval(successes, episodes)
+    if episodes and all(r.get("milestone") for r in cells):
+        reached = sum(round(float(r["milestone"]) * int(r["episodes"])) for r in cells)
+        entry["milestone"] = (reached / episodes, *wilson_interval(reached, episodes))
+    return entry
 
 
 def write_table(plan: StudyPlan, rows: list[dict[str, Any]], path: Path) -> None:
+    flag = plan.milestone
+    head = ["arm", "demos", "success (pooled)", "95% interval", "seeds (each)", "episodes"]
+    head += [f"{flag} (pooled, 95% interval)"] if flag else []
     lines = [
         f"# {plan.name}: {plan.task} success_once against demonstrations, seeds pooled",
         "",
-        "| arm | demos | success (pooled) | 95% interval | seeds (each) | episodes |",
-        "|---|---|---|---|---|---|",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
     for (arm, demos), e in sorted(pooled(rows).items(), key=lambda item: (item[0][1], item[0][0])):
-        lines.append(f"| {arm} | {demos} | {e['rate']:.3f} | [{e['low']:.3f}, {e['high']:.3f}] | "
-                     f"{', '.join(e['seeds'])} | {e['episodes']} |")  # fmt: skip
+        cells = [arm, str(demos), f"{e['rate']:.3f}", f"[{e['low']:.3f}, {e['high']:.3f}]", ", ".join(e["seeds"]),
+                 str(e["episodes"])]  # fmt: skip
+        if flag:
+            cells.append("{:.3f} [{:.3f}, {:.3f}]".format(*e["milestone"]) if "milestone" in e else "")
+        lines.append("| " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -160,10 +189,14 @@ def summarise(plan: StudyPlan) -> None:
         return
     table, plot = plan.results.with_name("results.md"), plan.results.with_name("results.png")
     write_table(plan, rows, table)
-    lines = {arm: [] for arm in plan.arms}
+    lines: dict[str, list] = {arm: [] for arm in plan.arms}
+    reached: dict[str, list] = {arm: [] for arm in plan.arms}
     for (arm, demos), e in sorted(pooled(rows).items()):
         lines.setdefault(arm, []).append((demos, e["rate"], e["low"], e["high"]))
-    save_study_plot(lines, plot, f"{plan.name}: {plan.task}, seeds pooled, Wilson 95%")
+        if "milestone" in e:
+            reached.setdefault(arm, []).append((demos, *e["milestone"]))
+    title = f"{plan.name}: {plan.task}, seeds pooled, Wilson 95%"
+    save_study_plot(lines, plot, title, (plan.milestone, reached) if plan.milestone else None)
     log_study(plan.name, [plan.results, table, plot])
 
 

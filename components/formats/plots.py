@@ -116,17 +116,28 @@ def score_rows(per_task: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def save_study_plot(lines: dict[str, list[tuple[int, float, float, float]]], path: Path, title: str) -> None:
+def save_study_plot(
+    lines: dict[str, list[tuple[int, float, float, float]]],
+    path: Path,
+    title: str,
+    milestone: tuple[str, dict[str, list[tuple[int, float, float, float]]]] | None = None,
+) -> None:
     """Success against demonstrations, one line an arm: (demos, rate, low, high) points,
-    the interval as error bars."""
+    the interval as error bars; a progress flag's rates (``milestone``: its name and its
+    points an arm), where given, as open diamonds on dashed lines in the arm's colour."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    flag, dashed = milestone or ("", {})
     for k, (arm, points) in enumerate(lines.items()):
-        if not points:
-            continue
-        demos, rate, low, high = (np.asarray(v, dtype=float) for v in zip(*sorted(points), strict=True))
-        shifted = demos * (1 + 0.02 * (k - len(lines) / 2))  # side by side, not on top of each other
-        ax.errorbar(shifted, rate, yerr=[rate - low, high - rate], marker="o", capsize=3, label=arm)
+        colour = f"C{k}"
+        for style, label, series in (("-", arm, points), ("--", f"{arm}: {flag}", dashed.get(arm, []))):
+            if not series:
+                continue
+            demos, rate, low, high = (np.asarray(v, dtype=float) for v in zip(*sorted(series), strict=True))
+            shifted = demos * (1 + 0.02 * (k - len(lines) / 2))  # side by side, not on top of each other
+            ax.errorbar(shifted, rate, yerr=[rate - low, high - rate], marker="o" if style == "-" else "D",
+                        mfc=colour if style == "-" else "white", capsize=3, label=label, color=colour,
+                        linestyle=style)  # fmt: skip
     counts = sorted({demos for points in lines.values() for demos, *_ in points})
     ax.set_xscale("log")
     if counts:  # ticks at the counts measured, a margin either side (one count alone too)
@@ -134,11 +145,11 @@ def save_study_plot(lines: dict[str, list[tuple[int, float, float, float]]], pat
         ax.set_xticks(counts, [str(c) for c in counts])
         ax.minorticks_off()
     ax.set_xlabel("demonstrations per task")
-    ax.set_ylabel("success_once")
+    ax.set_ylabel(f"success_once (filled), {flag} (open, dashed)" if flag else "success_once")
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

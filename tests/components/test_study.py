@@ -56,14 +56,15 @@ def _plan(tmp_path: Path) -> Path:
     return path
 
 
-def _evaluation(root: Path, task: str, successes: int, episodes: int = 125) -> None:
+def _evaluation(root: Path, task: str, successes: int, episodes: int = 125, grasped: int | None = None) -> None:
     from components.ml.metrics import wilson_interval
 
     low, high = wilson_interval(successes, episodes)
     rate = successes / episodes
     (root / task).mkdir(parents=True, exist_ok=True)
     data = {"task": task, "episodes": episodes, "success_once": rate, "success_at_end": rate,
-            "wilson_low": low, "wilson_high": high, "policy_sha256": "0" * 64}  # fmt: skip
+            "wilson_low": low, "wilson_high": high, "policy_sha256": "0" * 64,
+            "reached": {"is_grasped": (successes if grasped is None else grasped) / episodes}}  # fmt: skip
     (root / task / "metrics.json").write_text(json.dumps(data))
 
 
@@ -73,13 +74,14 @@ def test_results_are_kept_as_cells_land_pooled_over_seeds_and_drawn(tmp_path, mo
     plan = read_plan(_plan(tmp_path))
     evals = tmp_path / "eval"
     for k, (cell, successes) in enumerate(zip(plan.cells()[:8], [20, 50, 60, 30, 30, 40, 70, 30], strict=True)):
-        _evaluation(evals, plan.task, successes)
+        _evaluation(evals, plan.task, successes, grasped=successes + 20)
         record(plan, cell, evals)
         assert len(read_results(plan.results)) == k + 1  # kept at once, not at the end
     summarise(plan)
     table = plan.results.with_name("results.md").read_text()
-    # arm none at 10 demos: seeds 0 and 1 gave 20 and 30 of 125: 50 of 250 pooled.
-    assert "| none | 10 | 0.200 | [0.155, 0.254] | 0.160, 0.240 | 250 |" in table
+    # arm none at 10 demos: seeds 0 and 1 gave 20 and 30 of 125: 50 of 250 pooled; 90 grasped.
+    assert "| none | 10 | 0.200 | [0.155, 0.254] | 0.160, 0.240 | 250 | 0.360 [0.303, 0.421] |" in table
+    assert "is_grasped (pooled, 95% interval)" in table
     assert plan.results.with_name("results.png").stat().st_size > 0
     assert logged == [["results.csv", "results.md", "results.png"]]
 
@@ -100,6 +102,33 @@ def test_a_recorded_cell_is_not_run_again_and_a_failed_cell_is_named(tmp_path, m
         run_study(plan)
     assert len(ran) == 1 and ran[0][4] == plan.cells()[-1]["cell"]  # only the cell not yet recorded
     assert load_params(tmp_path / "params.yaml").tasks == [plan.task]  # the base, written for it
+
+
+def test_results_written_before_the_milestone_column_keep_their_rows(tmp_path):
+    """A results CSV from before the milestone column gains it, blank, when the next cell
+    lands; a point with such a cell pools no milestone; a missing flag is named."""
+    plan = read_plan(_plan(tmp_path))
+    first, second = plan.cells()[0], plan.cells()[len(plan.arms)]  # arm none, seeds 0 and 1
+    plan.results.parent.mkdir(parents=True)
+    old = first | {"success_once": 0.2, "wilson_low": 0.138, "wilson_high": 0.28, "successes": 25, "episodes": 125,
+                   "date": "2026-12-01", "commit": "abc"}  # fmt: skip
+    plan.results.write_text(",".join(old) + "\n" + ",".join(str(v) for v in old.values()) + "\n")
+    _evaluation(tmp_path / "eval", plan.task, 30, grasped=60)
+    record(plan, second, tmp_path / "eval")
+    rows = read_results(plan.results)
+    assert [r["cell"] for r in rows] == [first["cell"], second["cell"]]
+    assert rows[0]["milestone"] == "" and float(rows[1]["milestone"]) == 0.48 and rows[0]["successes"] == "25"
+    summarise(plan)
+    assert (
+        "| none | 10 | 0.220 | [0.173, 0.275] | 0.200, 0.240 | 250 |  |"
+        in plan.results.with_name("results.md").read_text()
+    )
+    (tmp_path / "eval" / plan.task / "metrics.json").write_text(
+        json.dumps(json.loads((tmp_path / "eval" / plan.task / "metrics.json").read_text()) | {"reached": {}})
+    )
+    with pytest.raises(ComponentError, match=r"metrics\.json has no progress flag 'is_grasped'"):
+        record(plan, plan.cells()[1], tmp_path / "eval")
+    assert len(read_results(plan.results)) == 2  # nothing half-written
 
 
 def test_a_bad_plan_is_named(tmp_path):
