@@ -24,9 +24,9 @@ def test_every_cell_of_the_video_prior_plan_gives_valid_params_through_dvc(tmp_p
     plan = read_plan(PLAN)
     base = materialize(load_params(ROOT / plan.base).model_dump(mode="json", by_alias=True))
     cells = plan.cells()
-    assert len(cells) == len(plan.arms) * len(plan.demos) * len(plan.seeds) == 24
+    assert len(cells) == len(plan.arms) * len(plan.demos) * len(plan.seeds) == 32
     assert [c["demos"] for c in cells[: len(plan.arms)]] == [25] * len(plan.arms)  # the smallest count first
-    mixes, held = {}, {}
+    mixes, held, shown = {}, {}, {}
     for cell in cells:
         argv = command(plan, cell, base)
         assert argv[:5] == ["dvc", "exp", "run", "-n", cell["cell"]]
@@ -37,6 +37,7 @@ def test_every_cell_of_the_video_prior_plan_gives_valid_params_through_dvc(tmp_p
         assert loaded.collect.demos_per_task == cell["demos"] and loaded.train.seed == cell["seed"]
         mixes[cell["arm"]] = (loaded.pretrain.enabled, loaded.pretrain.mix, loaded.pretrain.steps)
         held[cell["arm"]] = loaded.train.freeze_pretrained_steps
+        shown[cell["arm"]] = loaded.collect.camera.show_goal
     assert mixes["none"][0] is False
     assert mixes["other-tasks"][1] == {"demos": 0.0, "other-tasks": 1.0}
     assert mixes["other-and-target"][1] == {"demos": 0.0, "other-tasks": 1.0, "target-videos": 1.0}
@@ -44,6 +45,9 @@ def test_every_cell_of_the_video_prior_plan_gives_valid_params_through_dvc(tmp_p
     assert mixes["other-and-target-long"][1:] == (mixes["other-and-target"][1], 4 * mixes["other-and-target"][2])
     assert mixes["other-and-target-freeze"] == mixes["other-and-target"]
     assert held == {arm: 1000 if arm == "other-and-target-freeze" else 0 for arm in plan.arms}
+    assert mixes["other-and-target-goal-visible"] == mixes["other-and-target"]
+    assert mixes["none-goal-visible"][0] is False
+    assert shown == {arm: arm.endswith("goal-visible") for arm in plan.arms}
 
 
 def _plan(tmp_path: Path) -> Path:
