@@ -34,11 +34,13 @@ import torch
 
 from components.integrations.maniskill import (
     frame_of,
+    freeze_heap,
     make_env,
     progress_flags,
     proprio_of,
     scalar,
     step_unobserved,
+    thaw_heap,
 )
 
 NON_FINITE = "policy emitted non-finite actions"
@@ -135,6 +137,7 @@ class ChunkEnv(gym.Env):
         if self._env is None:
             self._env = make_env(self.setup.task, dict(self.setup.env_kwargs, max_episode_steps=self.setup.max_steps))
             obs, _ = self._env.reset(seed=seed)  # the first reset builds the scene
+            freeze_heap()  # every later reset rebuilds it
         else:
             obs, _ = self._env.reset(seed=seed, options={"reconfigure": True})
         self._seed = -1 if seed is None else seed
@@ -180,6 +183,7 @@ class ChunkEnv(gym.Env):
         if self._env is not None:
             self._env.close()
             self._env = None
+            thaw_heap()
 
 
 class GpuChunkEnvs:

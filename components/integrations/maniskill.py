@@ -7,6 +7,7 @@ same control mode, same robot, same simulation backend.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import urllib.error
@@ -128,6 +129,22 @@ def make_env(task: str, kwargs: dict[str, Any]):
                 "software Vulkan driver, or set VK_ICD_FILENAMES."
             ) from exc
         raise
+
+
+def freeze_heap() -> None:
+    """Collect garbage, then put every object alive out of the collector's sight
+    (``gc.freeze``). ManiSkill runs a full ``gc.collect()`` each time it rebuilds a
+    scene, and a process holding torch, ManiSkill and a policy has ~465,000 objects to
+    walk: 0.23 s of a 0.31 s PushCube rebuild here, 0.08 s once frozen. Call it once a
+    process that rebuilds scenes (evaluation, the planner), after its env is made, and
+    :func:`thaw_heap` when the env is closed (what was frozen is never collected)."""
+    gc.collect()
+    gc.freeze()
+
+
+def thaw_heap() -> None:
+    """Undo :func:`freeze_heap`: the frozen objects are the collector's again."""
+    gc.unfreeze()
 
 
 class ShowGoal(gym.Wrapper):

@@ -17,7 +17,15 @@ from typing import Any
 import numpy as np
 
 from components.formats.params import DEFAULT_PROPRIO
-from components.integrations.maniskill import frame_of, make_env, planner_for, proprio_of, scalar
+from components.integrations.maniskill import (
+    frame_of,
+    freeze_heap,
+    make_env,
+    planner_for,
+    proprio_of,
+    scalar,
+    thaw_heap,
+)
 
 
 class Recorder:
@@ -65,6 +73,7 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(task: str, kwargs: dict[str, Any], camera: list[str], proprio: list[str]) -> None:
     _WORKER["env"] = Recorder(make_env(task, kwargs), camera, proprio)
     _WORKER["solve"] = planner_for(task)
+    freeze_heap()  # every attempt rebuilds the scene
 
 
 def _attempt(seed: int) -> dict[str, Any]:
@@ -107,6 +116,7 @@ def attempts(
             yield from map(_attempt, seeds)
         finally:
             _WORKER.pop("env").close()
+            thaw_heap()
         return
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(task, kwargs, camera, proprio)) as pool:
