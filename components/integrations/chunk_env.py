@@ -133,7 +133,7 @@ class ChunkEnv(gym.Env):
         """A new episode in a scene built afresh: ManiSkill's CPU reset keeps a trace of the
         previous episode (~1e-7 in the next one's trajectory, enough to move a first success
         by a step), so an env that ran other episodes first would not give a seed's episode
-        as a fresh env does. Rebuilding costs ~0.8 s an episode here (docs/performance.md)."""
+        as a fresh env does. Rebuilding costs ~0.07 s an episode here, the heap frozen (docs/performance.md)."""
         if self._env is None:
             self._env = make_env(self.setup.task, dict(self.setup.env_kwargs, max_episode_steps=self.setup.max_steps))
             obs, _ = self._env.reset(seed=seed)  # the first reset builds the scene
