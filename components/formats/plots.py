@@ -126,7 +126,7 @@ def save_study_plot(
     the interval as error bars; a progress flag's rates (``milestone``: its name and its
     points an arm), where given, as open diamonds on dashed lines in the arm's colour."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     flag, dashed = milestone or ("", {})
     for k, (arm, points) in enumerate(lines.items()):
         colour = f"C{k}"
@@ -149,7 +149,7 @@ def save_study_plot(
     ax.set_ylim(0, 1)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the points, not on them
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
