@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import os
+import io
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError
 from components.console import log, run_cli
 from components.errors import ComponentError
 from components.formats.evaluation import read_evaluation
-from components.formats.files import validation_problems
+from components.formats.files import validation_problems, write_text
 from components.formats.params import load_params, materialize
 from components.formats.plots import save_study_plot
 from components.integrations.tracking import git_commit, log_study
@@ -115,11 +115,11 @@ def read_results(path: Path) -> list[dict[str, Any]]:
 
 def record(plan: StudyPlan, cell: dict[str, Any], eval_root: Path) -> dict[str, Any]:
     """Append the cell's evaluation of the task to the results CSV; return its row."""
-    result = read_evaluation(eval_root / plan.task / "metrics.json", plan.task)
+    metrics = eval_root / plan.task / "metrics.json"
+    result = read_evaluation(metrics, plan.task)
     reached = getattr(result, "reached", None) or {}
     if plan.milestone and plan.milestone not in reached:
-        where = eval_root / plan.task / "metrics.json"
-        raise ComponentError(f"{where} has no progress flag {plan.milestone!r} (it has {sorted(reached)})")
+        raise ComponentError(f"{metrics} has no progress flag {plan.milestone!r} (it has {sorted(reached)})")
     row = cell | {
         "success_once": result.success_once, "wilson_low": result.wilson_low, "wilson_high": result.wilson_high,
         "successes": round(result.success_once * result.episodes), "episodes": result.episodes,
@@ -133,14 +133,11 @@ def record(plan: StudyPlan, cell: dict[str, Any], eval_root: Path) -> dict[str, 
 def _append(path: Path, row: dict[str, Any]) -> None:
     """The CSV with ``row`` added, replaced whole (rows written before a column existed
     get it blank): a killed study leaves the file as it was."""
-    rows = [*read_results(path), row]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(COLUMNS), restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(COLUMNS), restval="")
+    writer.writeheader()
+    writer.writerows([*read_results(path), row])
+    write_text(path, text.getvalue())
 
 
 def pooled(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:

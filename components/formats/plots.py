@@ -130,14 +130,15 @@ def save_study_plot(
     flag, dashed = milestone or ("", {})
     for k, (arm, points) in enumerate(lines.items()):
         colour = f"C{k}"
-        for style, label, series in (("-", arm, points), ("--", f"{arm}: {flag}", dashed.get(arm, []))):
+        for label, series, style in (
+            (arm, points, {"linestyle": "-", "marker": "o", "mfc": colour}),
+            (f"{arm}: {flag}", dashed.get(arm, []), {"linestyle": "--", "marker": "D", "mfc": "white"}),
+        ):
             if not series:
                 continue
             demos, rate, low, high = (np.asarray(v, dtype=float) for v in zip(*sorted(series), strict=True))
             shifted = demos * (1 + 0.02 * (k - len(lines) / 2))  # side by side, not on top of each other
-            ax.errorbar(shifted, rate, yerr=[rate - low, high - rate], marker="o" if style == "-" else "D",
-                        mfc=colour if style == "-" else "white", capsize=3, label=label, color=colour,
-                        linestyle=style)  # fmt: skip
+            ax.errorbar(shifted, rate, yerr=[rate - low, high - rate], capsize=3, label=label, color=colour, **style)
     counts = sorted({demos for points in lines.values() for demos, *_ in points})
     ax.set_xscale("log")
     if counts:  # ticks at the counts measured, a margin either side (one count alone too)

@@ -134,8 +134,8 @@ def make_env(task: str, kwargs: dict[str, Any]):
 def freeze_heap() -> None:
     """Collect garbage, then put every object alive out of the collector's sight
     (``gc.freeze``). ManiSkill runs a full ``gc.collect()`` each time it rebuilds a
-    scene, and a process holding torch, ManiSkill and a policy has ~465,000 objects to
-    walk: 0.23 s of a 0.31 s PushCube rebuild here, 0.08 s once frozen. Call it once a
+    scene, and a process holding torch and ManiSkill has ~324,000 objects to walk: 0.15 s
+    of a 0.22 s PushCube rebuild here, 0.07 s once frozen (docs/performance.md). Call it once a
     process that rebuilds scenes (evaluation, the planner), after its env is made, and
     :func:`thaw_heap` when the env is closed (what was frozen is never collected)."""
     gc.collect()
