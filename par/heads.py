@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from par import invariant
 from par.config import ActionHeadConfig, FrameHeadConfig
 
 
@@ -38,14 +39,19 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         return self.mlp(timestep_embedding(t, self.width))
 
+    def shared(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The embeddings of a sampling call's timesteps, which all of its batch shares."""
+        with invariant.shared():
+            return self(timesteps)
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
 
 
 def per_timestep(mods: list[tuple[torch.Tensor, ...]], steps: int) -> list[list[tuple[torch.Tensor, ...]]]:
-    """Modulations computed for all timesteps at once (leading dim T) -> one list a step."""
-    return [[tuple(part[i] for part in mod) for mod in mods] for i in range(steps)]
+    """Modulations computed for all timesteps at once (second dim T) -> one list a step."""
+    return [[tuple(part[:, i] for part in mod) for mod in mods] for i in range(steps)]
 
 
 class AdaLNMLPBlock(nn.Module):
@@ -122,7 +128,7 @@ class FrameDiTHead(nn.Module):
         instead of T small ones, which on a CPU cost about as much each as the
         large one does); ``prepared[i]`` serves the i-th timestep.
         """
-        c = self.cond(cond)[None] + self.time(timesteps)[:, None]  # (T, M, width)
+        c = self.cond(cond)[:, None] + self.time.shared(timesteps)[None]  # (M, T, width)
         return per_timestep(self.modulations(c), len(timesteps))
 
     def denoise(self, x: torch.Tensor, i: int, prepared: list) -> torch.Tensor:
@@ -221,7 +227,7 @@ class ActionDiTHead(nn.Module):
         """Everything of a sampling call that does not depend on the noisy chunk: every
         block's cross-attention keys/values, and the AdaLN modulations of all timesteps
         (T,) at once (see FrameDiTHead.prepare)."""
-        c = self.time(timesteps)[:, None] + self.pooled(pooled)[None]  # (T, M, width)
+        c = self.time.shared(timesteps)[None] + self.pooled(pooled)[:, None]  # (M, T, width)
         return per_timestep(self.modulations(c), len(timesteps)), self.context_kv(context)
 
     def denoise(self, x: torch.Tensor, i: int, prepared: tuple[list, list]) -> torch.Tensor:

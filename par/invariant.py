@@ -1,39 +1,42 @@
-"""Batch-invariant inference: every row of a batch gets, bit for bit, what it would get
-alone, whatever else is in the batch and however many threads run.
+"""Batch-invariant inference: each episode of a batch gets, bit for bit, what it would
+get alone, whatever else is in the batch.
 
 CPU matrix kernels choose their path and blocking from a product's shape: a linear
 layer applied to the rows of 4 episodes at once rounds differently (by ~1e-7) from the
-same layer applied to one episode's rows, and so does a convolution over 4 frames. In
-closed loop such differences grow into different trajectories (an episode that first
-succeeded at step 65 alone succeeded at step 66 in a batch of 4). Inside
-:func:`batch_invariant`:
+same layer applied to one episode's rows, and so does a convolution over 4 frames or a
+group norm split over 2 threads. In closed loop such differences grow into different
+trajectories (an episode that first succeeded at step 65 alone succeeded at step 66 in
+a batch of 4). Inside :func:`batch_invariant` with ``episodes`` = n, a linear layer, a
+convolution or a group norm runs once per episode on that episode's slice of the batch,
+which is the very call the episode makes alone.
 
-* a linear layer runs as a batched product of fixed blocks of ``BLOCK`` rows (the last
-  one zero-padded): every block has the same shape, so the same kernel and the same
-  order of sums, and a row's result depends on that row alone;
-* a convolution or group norm runs one sample at a time.
-
-Attention (``scaled_dot_product_attention``), normalisation and element-wise operations
-already compute each batch row on its own. The price is the policy's linear layers at
-about 1.3-1.5x their cost on this CPU (docs/performance.md). The mode is a
+So an episode computes exactly what it computes when it runs alone outside the mode:
+with one episode the mode is not entered at all and costs nothing, and a batched
+evaluation reproduces a serial one. The inputs must be laid out episode-major (episode
+i's rows form the i-th of n equal slices of the first dimension), as every batch in
+``par`` is, and a computation the whole batch shares (a sampling call's timestep
+embeddings) runs inside :func:`shared`, as it is. A first dimension that is not a
+multiple of n is an error: a layout the mode cannot split. Attention
+(``scaled_dot_product_attention``), layer norm and element-wise operations already
+compute each batch row on its own. The price is the batching of those products: n
+episodes cost about n times one (docs/performance.md). The mode is a
 ``TorchFunctionMode``: nothing is patched, and it ends with the ``with`` block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from typing import Any
 
-import torch
 import torch.nn.functional as F
+from torch import cat
 from torch.overrides import TorchFunctionMode
 
-BLOCK = 8  # rows a product; 8 and 16 measured row-invariant at 1 and 2 threads
-# Per-sample operations whose CPU kernels split a batch by its size: run one sample at a
-# time (GroupNorm parallelises over samples x groups, and with 2 threads rounds a batch
-# of 4 differently from one sample).
-_PER_SAMPLE = (
+# Operations whose CPU kernels choose their path or their threads' split from the batch.
+PER_EPISODE = (
+    F.linear,
     F.conv1d,
     F.conv2d,
     F.conv3d,
@@ -43,35 +46,43 @@ _PER_SAMPLE = (
     F.group_norm,
 )
 
-
-def blocked_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear`` as a batched product of ``BLOCK``-row blocks: each output row depends
-    only on its input row."""
-    out_features, in_features = weight.shape
-    rows = x.reshape(-1, in_features)
-    count = rows.shape[0]
-    padded = F.pad(rows, (0, 0, 0, -count % BLOCK))
-    blocks = padded.reshape(-1, BLOCK, in_features)
-    y = torch.bmm(blocks, weight.t().unsqueeze(0).expand(blocks.shape[0], in_features, out_features))
-    y = y.reshape(-1, out_features)[:count]
-    if bias is not None:
-        y = y + bias
-    return y.reshape(*x.shape[:-1], out_features)
+_SHARED: ContextVar[bool] = ContextVar("shared", default=False)
 
 
-class _RowInvariant(TorchFunctionMode):
+@contextmanager
+def shared() -> Iterator[None]:
+    """Mark a computation the whole batch shares (a sampling call's timestep embeddings):
+    the mode runs it as it is, whatever its first dimension."""
+    token = _SHARED.set(True)
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+class _PerEpisode(TorchFunctionMode):
+    def __init__(self, episodes: int) -> None:
+        super().__init__()
+        self.episodes = episodes
+
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func is F.linear:
-            return blocked_linear(*args, **kwargs)
-        if func in _PER_SAMPLE and args[0].dim() > 1 and args[0].shape[0] > 1:
-            return torch.cat([func(sample, *args[1:], **kwargs) for sample in args[0].split(1)])
+        if func in PER_EPISODE and args[0].dim() > 1 and not _SHARED.get():
+            if args[0].shape[0] % self.episodes:
+                raise ValueError(
+                    f"{func.__name__} of a batch of {self.episodes} episodes got a first dimension of "
+                    f"{args[0].shape[0]}: lay the batch out episode-major, or mark a computation all "
+                    "episodes share with par.invariant.shared()"
+                )
+            return cat([func(part, *args[1:], **kwargs) for part in args[0].chunk(self.episodes)])
         return func(*args, **kwargs)
 
 
 @contextmanager
-def batch_invariant() -> Iterator[None]:
-    """Compute inside the block so that each batch row gets what it would get alone
-    (see the module's doc)."""
-    with _RowInvariant():
+def batch_invariant(episodes: int) -> Iterator[None]:
+    """Compute inside the block so that each of ``episodes`` episode-major episodes gets
+    what it would get alone (see the module's doc). One episode: nothing to do."""
+    if episodes < 1:
+        raise ValueError(f"batch_invariant needs at least one episode, got {episodes}")
+    with _PerEpisode(episodes) if episodes > 1 else nullcontext():
         yield

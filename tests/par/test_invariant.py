@@ -10,22 +10,33 @@ import torch
 import torch.nn.functional as F
 
 from par.diffusion import gaussian
-from par.invariant import batch_invariant, blocked_linear
+from par.invariant import batch_invariant, shared
 from par.model import PAR
 from par.sampling import Rollout
 from tests.par.helpers import tiny_config
 
 
-@pytest.mark.parametrize("rows", [1, 3, 8, 13, 40])
-def test_blocked_linear_is_linear_and_each_row_depends_on_itself_alone(rows):
+@pytest.mark.parametrize("episodes", [2, 3, 5])
+def test_a_linear_layer_gives_each_episode_its_call_alone(episodes):
     torch.manual_seed(0)
     weight, bias = torch.randn(48, 96), torch.randn(48)
-    x = torch.randn(rows, 5, 96)
-    y = blocked_linear(x, weight, bias)
+    x = torch.randn(episodes * 7, 96)
+    with batch_invariant(episodes):
+        y = F.linear(x, weight, bias)
+        with shared():  # what the batch shares runs as it is
+            common = F.linear(x[: episodes * 2], weight, bias)
+        with pytest.raises(ValueError, match=f"linear of a batch of {episodes} episodes got a first dimension of 1"):
+            F.linear(x[:1], weight, bias)
+    assert torch.equal(y, torch.cat([F.linear(part, weight, bias) for part in x.chunk(episodes)]))
+    assert torch.equal(common, F.linear(x[: episodes * 2], weight, bias))
     torch.testing.assert_close(y, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
-    alone = torch.cat([blocked_linear(x[i : i + 1], weight, bias) for i in range(rows)])
-    assert torch.equal(y, alone)
-    assert torch.equal(blocked_linear(x[1:], weight, None) + bias, y[1:])  # another batch, same rows
+
+
+def test_one_episode_enters_no_mode_and_none_is_refused():
+    with batch_invariant(1):
+        assert not torch.overrides._is_torch_function_mode_enabled()
+    with pytest.raises(ValueError, match="at least one episode, got 0"), batch_invariant(0):
+        pass
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -39,8 +50,10 @@ def test_modules_in_the_mode_give_each_sample_what_it_gets_alone(threads):
             torch.nn.Flatten(), torch.nn.Linear(16 * 8 * 8, 32), torch.nn.LayerNorm(32),
         )  # fmt: skip
         x = torch.randn(5, 3, 8, 8)
-        with torch.no_grad(), batch_invariant():
-            batched, alone = net(x), torch.cat([net(x[i : i + 1]) for i in range(5)])
+        with torch.no_grad():
+            with batch_invariant(5):
+                batched = net(x)
+            alone = torch.cat([net(x[i : i + 1]) for i in range(5)])
         assert torch.equal(batched, alone)
         torch.testing.assert_close(batched, net(x), rtol=1e-4, atol=1e-4)  # the same function
     finally:
@@ -73,19 +86,19 @@ def _batch_and_alone(model: PAR, seeds: list[int], samples: int, invariant: bool
     torch.manual_seed(1)
     frames = [torch.randn(len(seeds), c.latent_channels, c.latent_height, c.latent_width) for _ in range(6)]
     proprio = [torch.randn(len(seeds), c.proprio_dim) for _ in range(6)]
-    with batch_invariant() if invariant else contextlib.nullcontext():
+    with batch_invariant(len(seeds)) if invariant else contextlib.nullcontext():
         batched = _rollout(model, frames, proprio, seeds, samples)
-        alone = [_rollout(model, [f[i : i + 1] for f in frames], [p[i : i + 1] for p in proprio], [s], samples)
-                 for i, s in enumerate(seeds)]  # fmt: skip
+    alone = [_rollout(model, [f[i : i + 1] for f in frames], [p[i : i + 1] for p in proprio], [s], samples)
+             for i, s in enumerate(seeds)]  # fmt: skip
     return batched, torch.cat(alone)
 
 
-@pytest.mark.parametrize(("samples", "sampler"), [(1, "ddim"), (4, "ddpm")])
-def test_a_batch_of_episodes_samples_what_each_episode_samples_alone(samples, sampler):
+@pytest.mark.parametrize(("samples", "sampler", "steps"), [(1, "ddim", 5), (4, "ddpm", 6)])
+def test_a_batch_of_episodes_samples_what_each_episode_samples_alone(samples, sampler, steps):
     """Past the window (context_steps 4, 6 steps), with medoid draws and a stochastic
     sampler. Weights are drawn at 0.1 (the AdaLN-zero init leaves the heads constant,
     and a constant function is batch-invariant whatever the kernels do)."""
-    diffusion = dict(num_train_timesteps=50, num_inference_steps=5, sampler=sampler)
+    diffusion = dict(num_train_timesteps=50, num_inference_steps=steps, sampler=sampler)  # 6: as many as episodes
     model = PAR(tiny_config(d_model=64, n_heads=4, action_head=dict(width=64, depth=2, n_heads=4, diffusion=diffusion)))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
