@@ -35,7 +35,7 @@ from torch import cat
 from torch.overrides import TorchFunctionMode
 
 # Operations whose CPU kernels choose their path or their threads' split from the batch.
-PER_EPISODE = (
+_PER_EPISODE = (
     F.linear,
     F.conv1d,
     F.conv2d,
@@ -67,7 +67,7 @@ class _PerEpisode(TorchFunctionMode):
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        if func in PER_EPISODE and args[0].dim() > 1 and not _SHARED.get():
+        if func in _PER_EPISODE and args[0].dim() > 1 and not _SHARED.get():
             if args[0].shape[0] % self.episodes:
                 raise ValueError(
                     f"{func.__name__} of a batch of {self.episodes} episodes got a first dimension of "

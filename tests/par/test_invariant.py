@@ -98,7 +98,7 @@ def test_a_batch_of_episodes_samples_what_each_episode_samples_alone(samples, sa
     """Past the window (context_steps 4, 6 steps), with medoid draws and a stochastic
     sampler. Weights are drawn at 0.1 (the AdaLN-zero init leaves the heads constant,
     and a constant function is batch-invariant whatever the kernels do)."""
-    diffusion = dict(num_train_timesteps=50, num_inference_steps=steps, sampler=sampler)  # 6: as many as episodes
+    diffusion = dict(num_train_timesteps=50, num_inference_steps=steps, sampler=sampler)  # 6: 2 x 3 episodes
     model = PAR(tiny_config(d_model=64, n_heads=4, action_head=dict(width=64, depth=2, n_heads=4, diffusion=diffusion)))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
