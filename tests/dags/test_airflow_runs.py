@@ -263,6 +263,7 @@ def lose_worker_mid_task(stack: AirflowStack, client: Any, run_id: str, task_id:
             break
         if (tries and tries[-1]["state"] in ("success", "failed")) or time.time() > deadline:
             pytest.fail(f"{task_id} of {run_id} was not caught running (tries {tries}); logs in {stack.home}")
+        fail_if_ended(stack, run_id, f"before {task_id} ran")
         time.sleep(0.2)
     killed = stack.kill_worker(victim)
     killed_at = time.time()
@@ -272,10 +273,25 @@ def lose_worker_mid_task(stack: AirflowStack, client: Any, run_id: str, task_id:
             break
         if time.time() > killed_at + 600:
             pytest.fail(f"no retry of {task_id} 600 s after its worker was killed: {tries}")
+        fail_if_ended(stack, run_id, f"before {task_id}'s retry ran")
         time.sleep(1)
     waited = time.time() - killed_at
     stack.start_worker(victim)
     return {"victim": victim, "killed_pids": killed, "retry_host": tries[-1]["hostname"], "retried_after": waited}
+
+
+def fail_if_ended(stack: AirflowStack, run_id: str, when: str) -> None:
+    """Fail at once, naming the failed tasks and their last log lines, when run ``run_id``
+    has ended ``when`` (a task that failed on every try ends the run; waiting on would
+    only run into the deadline)."""
+    state = stack.run_state("par_training", run_id)
+    if state not in ("success", "failed"):
+        return
+    failed = [ti for ti in stack.task_instances("par_training", run_id) if ti["state"] == "failed"]
+    logs = sorted((stack.home / "logs").rglob("attempt=*.log"), key=lambda p: p.stat().st_mtime)
+    tail = logs[-1].read_text(errors="replace")[-3000:] if logs else "(no task log)"
+    names = [f"{ti['task_id']}[{ti['map_index']}]" for ti in failed]
+    pytest.fail(f"run {run_id} ended {state} {when}; failed tasks {names}; newest task log {logs[-1:]}:\n{tail}")
 
 
 def stack_runs_open(client: Any, run_id: str, stage: str) -> bool:
