@@ -281,17 +281,20 @@ def lose_worker_mid_task(stack: AirflowStack, client: Any, run_id: str, task_id:
 
 
 def fail_if_ended(stack: AirflowStack, run_id: str, when: str) -> None:
-    """Fail at once, naming the failed tasks and their last log lines, when run ``run_id``
-    has ended ``when`` (a task that failed on every try ends the run; waiting on would
-    only run into the deadline)."""
+    """Fail at once, naming the failed tasks and the end of the first one's last log, when
+    run ``run_id`` has ended ``when`` (a task that failed on every try ends the run;
+    waiting on would only run into the deadline)."""
     state = stack.run_state("par_training", run_id)
     if state not in ("success", "failed"):
         return
     failed = [ti for ti in stack.task_instances("par_training", run_id) if ti["state"] == "failed"]
-    logs = sorted((stack.home / "logs").rglob("attempt=*.log"), key=lambda p: p.stat().st_mtime)
-    tail = logs[-1].read_text(errors="replace")[-3000:] if logs else "(no task log)"
     names = [f"{ti['task_id']}[{ti['map_index']}]" for ti in failed]
-    pytest.fail(f"run {run_id} ended {state} {when}; failed tasks {names}; newest task log {logs[-1:]}:\n{tail}")
+    first = f"/task_id={failed[0]['task_id']}/" if failed else ""
+    runs = (stack.home / "logs").rglob("attempt=*.log")
+    logs = [p for p in runs if f"/run_id={run_id}/" in str(p) and first in str(p)]
+    log = max(logs, key=lambda p: p.stat().st_mtime, default=None)
+    tail = log.read_text(errors="replace")[-3000:] if log else "(no task log)"
+    pytest.fail(f"run {run_id} ended {state} {when}; failed tasks {names}; log {log}:\n{tail}")
 
 
 def stack_runs_open(client: Any, run_id: str, stage: str) -> bool:
