@@ -32,6 +32,34 @@ def test_a_linear_layer_gives_each_episode_its_call_alone(episodes):
     torch.testing.assert_close(y, F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mask", ["none", "2-d", "batched", "positional"])
+def test_attention_gives_each_episode_its_call_alone(mask):
+    """3 episodes of 3 queries over 19 keys: the shape whose batch of 3 CPU flash
+    attention rounded differently from one on an AMD EPYC host."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 4, 3, 16), torch.randn(3, 4, 19, 16), torch.randn(3, 4, 19, 16)
+    m = {"none": None, "2-d": torch.rand(3, 19) > 0.3, "batched": torch.rand(3, 1, 3, 19) > 0.3}.get(mask)
+    m = torch.rand(3, 19) > 0.3 if mask == "positional" else m
+    if m is not None:
+        m[..., 0] = True  # every query sees a key
+
+    def call(q, k, v, m):
+        if mask == "positional":
+            return F.scaled_dot_product_attention(q, k, v, m)
+        return F.scaled_dot_product_attention(query=q, key=k, value=v, attn_mask=m)
+
+    with batch_invariant(3):
+        y = call(q, k, v, m)
+        with pytest.raises(ValueError, match="scaled_dot_product_attention of a batch of 3 episodes"):
+            call(q[:2], k[:2], v[:2], m[:2] if mask == "batched" else m)
+    own = m.chunk(3) if mask == "batched" else [m] * 3
+    alone = torch.cat(
+        [call(q[i : i + 1].clone(), k[i : i + 1].clone(), v[i : i + 1].clone(), own[i]) for i in range(3)]
+    )
+    assert torch.equal(y, alone)
+    torch.testing.assert_close(y, call(q, k, v, m), rtol=1e-5, atol=1e-5)  # the same function
+
+
 def test_one_episode_enters_no_mode_and_none_is_refused():
     with batch_invariant(1):
         assert not torch.overrides._is_torch_function_mode_enabled()
