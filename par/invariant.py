@@ -103,8 +103,8 @@ class _PerEpisode(TorchFunctionMode):
 
 def _batched(mask: Tensor | None, batch: int) -> bool:
     """A mask with its own batch dimension (4-D, one row per batch row) splits with it; a
-    2-D or 3-D mask, or a batch of one, broadcasts over every episode."""
-    return isinstance(mask, Tensor) and mask.dim() == 4 and mask.shape[0] == batch and batch > 1
+    2-D or 3-D mask, or a 4-D one of a single row, broadcasts over every episode."""
+    return isinstance(mask, Tensor) and mask.dim() == 4 and mask.shape[0] == batch
 
 
 @contextmanager

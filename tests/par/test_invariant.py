@@ -38,8 +38,8 @@ def test_attention_gives_each_episode_its_call_alone(mask):
     attention rounded differently from one on an AMD EPYC host."""
     torch.manual_seed(0)
     q, k, v = torch.randn(3, 4, 3, 16), torch.randn(3, 4, 19, 16), torch.randn(3, 4, 19, 16)
-    m = {"none": None, "2-d": torch.rand(3, 19) > 0.3, "batched": torch.rand(3, 1, 3, 19) > 0.3}.get(mask)
-    m = torch.rand(3, 19) > 0.3 if mask == "positional" else m
+    shape = {"none": None, "2-d": (3, 19), "batched": (3, 1, 3, 19), "positional": (3, 19)}[mask]
+    m = torch.rand(shape) > 0.3 if shape else None
     if m is not None:
         m[..., 0] = True  # every query sees a key
 
