@@ -19,12 +19,18 @@ Output folder (written whether the suite passes or not, atomically)::
 
     results.json     success, and every expectation with its failing episodes
     data_docs/       Great Expectations' HTML data docs (open data_docs/index.html)
+
+``--docs DIR`` puts the data docs in a folder of their own instead. The pipeline does:
+they carry a run time and fresh ids, so inside the results folder they would make a
+rerun on the same data look new to whatever depends on it (DVC would retrain the VAE).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -146,16 +152,30 @@ def dataset_problems(manifest: dict[str, Any], collect: CollectParams, rows: lis
     return problems
 
 
-def validate(dataset: Path, params: ValidateParams, collect: CollectParams, out: Path) -> dict[str, Any]:
+@contextmanager
+def _outputs(out: Path, docs: Path | None) -> Iterator[tuple[Path, Path]]:
+    """Temporary folders for the results and the data docs (``out/data_docs`` unless
+    ``docs`` is given); both replace their targets only if the block succeeds."""
+    with atomic_output(out) as tmp:
+        if docs is None:
+            yield tmp, tmp / "data_docs"
+        else:
+            with atomic_output(docs) as docs_tmp:
+                yield tmp, docs_tmp
+
+
+def validate(
+    dataset: Path, params: ValidateParams, collect: CollectParams, out: Path, docs: Path | None = None
+) -> dict[str, Any]:
     manifest = read_manifest(dataset)
     rows = episode_rows(dataset, manifest, params)
-    with atomic_output(out) as tmp:
+    with _outputs(out, docs) as (tmp, docs_tmp):
         suite = lambda gx, n: build_suite(gx, manifest, params, collect, n)  # noqa: E731
-        result = run_suite(manifest["task"], rows, suite, tmp / "data_docs", "episode", fill=("seed", "steps"))
+        result = run_suite(manifest["task"], rows, suite, docs_tmp, "episode", fill=("seed", "steps"))
         problems = dataset_problems(manifest, collect, rows)
         summary = {"task": manifest["task"]} | _summary(dataset, "episode", rows, result, problems)
         write_json(tmp / "results.json", summary)
-    return _verdict(manifest["task"], summary, "episode", out)
+    return _verdict(manifest["task"], summary, "episode", out, docs or out / "data_docs")
 
 
 def _summary(dataset: Path, unit: str, rows: list[dict], result: dict, problems: list[str]) -> dict[str, Any]:
@@ -170,7 +190,7 @@ def _summary(dataset: Path, unit: str, rows: list[dict], result: dict, problems:
     }
 
 
-def _verdict(name: str, summary: dict[str, Any], unit: str, out: Path) -> dict[str, Any]:
+def _verdict(name: str, summary: dict[str, Any], unit: str, out: Path, docs: Path) -> dict[str, Any]:
     """Log what was met, or raise naming every failed expectation and its rows."""
     failed = [e for e in summary["expectations"] if not e["success"]]
     total = len(summary["expectations"])
@@ -186,7 +206,7 @@ def _verdict(name: str, summary: dict[str, Any], unit: str, out: Path) -> dict[s
         lines.append(f"  FAILED dataset check: {problem}")
     text = "\n".join(lines)
     if not summary["success"]:
-        html = out / "data_docs" / "index.html"
+        html = docs / "index.html"
         raise ValidationFailedError(f"{text}\nfull report: {out / 'results.json'}, HTML: {html}")
     log.info("%s", text)
     return summary
@@ -246,7 +266,7 @@ def build_corpus_suite(gx: Any, params: VideosParams, n_rows: int) -> Any:
     return suite
 
 
-def validate_corpus(corpus: Path, params: Params, out: Path) -> dict[str, Any]:
+def validate_corpus(corpus: Path, params: Params, out: Path, docs: Path | None = None) -> dict[str, Any]:
     """The video corpus's clips against the suite, and its frame shape against the demos'."""
     manifest = read_corpus_manifest(corpus)
     rows = clip_rows(corpus, manifest)
@@ -254,15 +274,15 @@ def validate_corpus(corpus: Path, params: Params, out: Path) -> dict[str, Any]:
     camera = params.collect.camera
     if manifest["camera"] != json.loads(json.dumps(camera.manifest())):  # as JSON: tuples are lists
         problems.append(f"the corpus's camera {manifest['camera']} is not collect.camera {camera.manifest()}")
-    with atomic_output(out) as tmp:
+    with _outputs(out, docs) as (tmp, docs_tmp):
         if rows:
             suite = lambda gx, n: build_corpus_suite(gx, params.videos, n)  # noqa: E731
-            result = run_suite("video_corpus", rows, suite, tmp / "data_docs", "clip", fill=("frames",))
+            result = run_suite("video_corpus", rows, suite, docs_tmp, "clip", fill=("frames",))
         else:  # an empty corpus (no source): nothing to check
             result = {"success": True, "expectations": []}
         summary = {"format": CORPUS_FORMAT} | _summary(corpus, "clip", rows, result, problems)
         write_json(tmp / "results.json", summary)
-    return _verdict("video corpus", summary, "clip", out)
+    return _verdict("video corpus", summary, "clip", out, docs or out / "data_docs")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,6 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (sections validate, collect, videos)")
     parser.add_argument("--dataset", required=True, type=Path, help="dataset folder from collect, or videos' corpus")
     parser.add_argument("--out", required=True, type=Path, help="validation results folder")
+    parser.add_argument("--docs", type=Path, help="folder for the HTML data docs (default: OUT/data_docs)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     manifest = args.dataset / "manifest.json"
@@ -278,9 +299,9 @@ def main(argv: list[str] | None = None) -> None:
         and isinstance(raw := read_json(manifest, "manifest"), dict)
         and raw.get("format") == CORPUS_FORMAT
     ):
-        validate_corpus(args.dataset, params, args.out)
+        validate_corpus(args.dataset, params, args.out, args.docs)
     else:
-        validate(args.dataset, params.validate_params, params.collect, args.out)
+        validate(args.dataset, params.validate_params, params.collect, args.out, args.docs)
 
 
 if __name__ == "__main__":

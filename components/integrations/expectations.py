@@ -52,7 +52,7 @@ def run_suite(
         result = checkpoint.run(batch_parameters={"dataframe": frame.astype(object).where(frame.notna(), None)})
         site = Path(project) / "gx" / "uncommitted" / "data_docs" / "local_site"
         if site.is_dir():
-            shutil.copytree(site, out_docs)
+            shutil.copytree(site, out_docs, dirs_exist_ok=True)
     report = []
     for run in result.run_results.values():
         for item in run.results:

@@ -124,3 +124,19 @@ def test_encode_refuses_data_that_failed_validation(push_copy, smoke_params, tmp
     )
     assert result.returncode == 2 and "failed validation" in result.stderr
     assert not (tmp_path / "enc").exists()
+
+
+def test_a_rerun_on_the_same_data_leaves_the_results_byte_for_byte(push_copy, smoke_params, tmp_path):
+    """The data docs (a run time, fresh ids) go to --docs, so the results folder that
+    encode depends on is the same after a rerun and DVC need not retrain the VAE."""
+    runs = []
+    for name in ("first", "second"):
+        out, docs = tmp_path / name, tmp_path / f"{name}_docs"
+        result = run_module(
+            "components.validate", "--params", str(smoke_params), "--dataset", str(push_copy),
+            "--out", str(out), "--docs", str(docs),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert (docs / "index.html").is_file() and not (out / "data_docs").exists()
+        runs.append({p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()})
+    assert list(runs[0]) == [Path("results.json")] and runs[0] == runs[1]
