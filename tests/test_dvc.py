@@ -108,3 +108,9 @@ def test_smoke_pipeline_with_dvc_repro_against_mlflow_server(tmp_path, simulator
     for stage in ("collect@PushCube-v1", "validate@PushCube-v1", "encode", "pretrain", "train", "evaluate@PushCube-v1"):
         assert f"Running stage '{stage}'" not in second, stage
     assert json.loads((repo / "metrics" / "score.json").read_text())["horizon"] == 2
+    params["collect"]["demos_per_task"] += 1  # a new demo count keeps the video corpus
+    (repo / "params.yaml").write_text(yaml.safe_dump(materialize(params)))
+    corpus = sh(DVC, "status", "videos", "validate_videos", cwd=repo).stdout
+    assert "up to date" in corpus, corpus
+    demos = sh(DVC, "status", "collect@PushCube-v1", cwd=repo).stdout
+    assert "modified:           collect" in demos, demos
