@@ -101,9 +101,9 @@ def encode(
     clips, clip_frames = read_videos(videos, manifests[0]["frame_shape"])
     train_frames = np.concatenate([d.frames for task, eps in demos.items() for d in eps[: len(eps) - holdout[task]]])
     test_frames = [d.frames for task, eps in demos.items() for d in eps[len(eps) - holdout[task] :]]
-    vae = _vae(
-        np.concatenate([train_frames, *clip_frames]), list(demos) + ["the video corpus"] * bool(clips), params, progress
-    )
+    fit_corpus = bool(clips) and params.vae_frames == "demos_and_corpus"
+    fitted = np.concatenate([train_frames, *clip_frames]) if fit_corpus else train_frames
+    vae = _vae(fitted, list(demos) + ["the video corpus"] * fit_corpus, params, progress)
     vae_seconds = time.perf_counter() - started
 
     encode_started = time.perf_counter()

@@ -193,3 +193,22 @@ def test_a_mix_that_names_a_source_encode_never_saw_is_a_clear_error(encoded, tm
 
     with pytest.raises(ComponentError, match=r"gives weight to \['absent'\]"):
         video_data(encoded, TASKS, {"demos": 1.0, "absent": 1.0})
+
+
+def test_encode_vae_frames_demos_fits_the_vae_as_if_there_were_no_corpus(demos, corpus, smoke_params, tmp_path):
+    """encode.vae_frames: demos: the VAE is the one the demos alone give (to the byte),
+    and the corpus is still encoded by it; the default fits the corpus's frames too."""
+    from components.encode import encode
+
+    base = load_params(smoke_params).encode
+    vaes = {}
+    for name, frames, videos in (("alone", "demos", None), ("demos", "demos", corpus), ("both", None, corpus)):
+        params = base.model_copy(update={"vae": base.vae.model_copy(update={"steps": 3})})
+        params = params.model_copy(update={"vae_frames": frames}) if frames else params
+        out = tmp_path / name
+        datasets = [demos / t for t in TASKS]
+        encode(datasets, params, out, tmp_path / f"{name}.json", tmp_path / f"{name}.png", False, videos)
+        vaes[name] = (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+        clips = json.loads((out / "stats.json").read_text())["corpus"]["clips"]
+        assert clips == (0 if videos is None else 3), name
+    assert vaes["demos"] == vaes["alone"] != vaes["both"]
