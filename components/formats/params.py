@@ -186,9 +186,7 @@ class EncodeParams(Section):
     pretrained_path: str | None = None
     vae: VAEParams = VAEParams()
     # What a trained VAE fits, when there is a video corpus: the demos' frames and the
-    # corpus's, or the demos' alone (the corpus is encoded by it either way). Three
-    # three-task runs through a VAE fitted on both scored StackCube 0.13-0.19, two on
-    # 2026-12-01 through a demos-only VAE 0.37-0.42 (experiments/all-tasks-corpus-vae-demos-pretrain).
+    # corpus's, or the demos' alone (the corpus is encoded by it either way; docs/videos.md).
     vae_frames: Literal["demos_and_corpus", "demos"] = "demos_and_corpus"
     # Episodes held out (per task, the last ones) for reconstruction metrics.
     holdout_episodes: int = Field(default=2, ge=0)

@@ -201,12 +201,12 @@ def test_encode_vae_frames_demos_fits_the_vae_as_if_there_were_no_corpus(demos, 
     from components.encode import encode
 
     base = load_params(smoke_params).encode
+    short = {"vae": base.vae.model_copy(update={"steps": 3})}
+    datasets = [demos / t for t in TASKS]
     vaes = {}
     for name, frames, videos in (("alone", "demos", None), ("demos", "demos", corpus), ("both", None, corpus)):
-        params = base.model_copy(update={"vae": base.vae.model_copy(update={"steps": 3})})
-        params = params.model_copy(update={"vae_frames": frames}) if frames else params
+        params = base.model_copy(update=short | ({"vae_frames": frames} if frames else {}))  # None: the default
         out = tmp_path / name
-        datasets = [demos / t for t in TASKS]
         encode(datasets, params, out, tmp_path / f"{name}.json", tmp_path / f"{name}.png", False, videos)
         vaes[name] = (out / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
         clips = json.loads((out / "stats.json").read_text())["corpus"]["clips"]
