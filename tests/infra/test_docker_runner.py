@@ -75,6 +75,6 @@ def test_docker_operator_runs_validate_through_podmans_docker_api(
 
     results = json.loads((folder / "data" / "validation" / TASK / "results.json").read_text())
     assert results["success"] is True, results
-    assert (folder / "data" / "validation" / TASK / "data_docs").is_dir()
+    assert (folder / "data" / "validation_docs" / TASK / "index.html").is_file()
     # auto_remove="success": the operator removed its container
     assert podman("container", "exists", op.container["Id"], check=False).returncode == 1
