@@ -123,35 +123,44 @@ def save_study_plot(
     milestone: tuple[str, dict[str, list[tuple[int, float, float, float]]]] | None = None,
 ) -> None:
     """Success against demonstrations, one line an arm: (demos, rate, low, high) points,
-    the interval as error bars; a progress flag's rates (``milestone``: its name and its
-    points an arm), where given, as open diamonds on dashed lines in the arm's colour."""
+    the interval as error bars. A progress flag's rates (``milestone``: its name and its
+    points an arm), where given, get a panel of their own beside success, in the same
+    colours. An arm measured at one count alone is a point, not a line."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9.5, 4.5))
-    flag, dashed = milestone or ("", {})
-    for k, (arm, points) in enumerate(lines.items()):
-        colour = f"C{k}"
-        for label, series, style in (
-            (arm, points, {"linestyle": "-", "marker": "o", "mfc": colour}),
-            (f"{arm}: {flag}", dashed.get(arm, []), {"linestyle": "--", "marker": "D", "mfc": "white"}),
-        ):
-            if not series:
-                continue
-            demos, rate, low, high = (np.asarray(v, dtype=float) for v in zip(*sorted(series), strict=True))
-            shifted = demos * (1 + 0.02 * (k - len(lines) / 2))  # side by side, not on top of each other
-            ax.errorbar(shifted, rate, yerr=[rate - low, high - rate], capsize=3, label=label, color=colour, **style)
+    flag, reached = milestone or ("", {})
+    panels = [("success_once", lines)] + ([(flag, reached)] if flag else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 2.6, 4.5), sharey=True, squeeze=False)
     counts = sorted({demos for points in lines.values() for demos, *_ in points})
+    for ax, (ylabel, series_by_arm) in zip(axes[0], panels, strict=True):
+        for k, arm in enumerate(lines):
+            _study_series(ax, series_by_arm.get(arm, []), arm, f"C{k}", 1 + 0.02 * (k - len(lines) / 2))
+        _study_axes(ax, counts, ylabel)
+    axes[0][0].set_ylim(0, 1)
+    fig.suptitle(title)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(0.80, 0.88))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout(rect=(0, 0, 0.80, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _study_series(ax: Any, series: list[tuple[int, float, float, float]], arm: str, colour: str, shift: float) -> None:
+    """One arm's points with their intervals, nudged sideways (``shift``) so that arms at
+    one count stand side by side instead of on top of each other."""
+    if not series:
+        return
+    demos, rate, low, high = (np.asarray(v, dtype=float) for v in zip(*sorted(series), strict=True))
+    ax.errorbar(demos * shift, rate, yerr=[rate - low, high - rate], capsize=3, label=arm, color=colour, marker="o")
+
+
+def _study_axes(ax: Any, counts: list[int], ylabel: str) -> None:
+    """Log demos on x, ticks at the counts measured (a margin either side), a grid."""
     ax.set_xscale("log")
-    if counts:  # ticks at the counts measured, a margin either side (one count alone too)
+    if counts:
         ax.set_xlim(counts[0] / 1.6, counts[-1] * 1.6)
         ax.set_xticks(counts, [str(c) for c in counts])
         ax.minorticks_off()
     ax.set_xlabel("demonstrations per task")
-    ax.set_ylabel(f"success_once (filled), {flag} (open, dashed)" if flag else "success_once")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
+    ax.set_title(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the points, not on them
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
