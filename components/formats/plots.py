@@ -131,11 +131,12 @@ def save_study_plot(
     panels = [("success_once", lines)] + ([(flag, reached)] if flag else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 2.6, 4.5), sharey=True, squeeze=False)
     counts = sorted({demos for points in lines.values() for demos, *_ in points})
-    for ax, (ylabel, series_by_arm) in zip(axes[0], panels, strict=True):
+    for ax, (name, series_by_arm) in zip(axes[0], panels, strict=True):
         for k, arm in enumerate(lines):
             _study_series(ax, series_by_arm.get(arm, []), arm, f"C{k}", 1 + 0.02 * (k - len(lines) / 2))
-        _study_axes(ax, counts, ylabel)
+        _study_axes(ax, counts, name)
     axes[0][0].set_ylim(0, 1)
+    axes[0][0].set_ylabel("share of test episodes")
     fig.suptitle(title)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(0.80, 0.88))
@@ -154,13 +155,13 @@ def _study_series(ax: Any, series: list[tuple[int, float, float, float]], arm: s
     ax.errorbar(demos * shift, rate, yerr=[rate - low, high - rate], capsize=3, label=arm, color=colour, marker="o")
 
 
-def _study_axes(ax: Any, counts: list[int], ylabel: str) -> None:
-    """Log demos on x, ticks at the counts measured (a margin either side), a grid."""
+def _study_axes(ax: Any, counts: list[int], title: str) -> None:
+    """Log demos on x, ticks at the counts measured (a margin either side), a title, a grid."""
     ax.set_xscale("log")
     if counts:
         ax.set_xlim(counts[0] / 1.6, counts[-1] * 1.6)
         ax.set_xticks(counts, [str(c) for c in counts])
         ax.minorticks_off()
     ax.set_xlabel("demonstrations per task")
-    ax.set_title(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
