@@ -24,7 +24,7 @@ def test_every_cell_of_the_video_prior_plan_gives_valid_params_through_dvc(tmp_p
     plan = read_plan(PLAN)
     base = materialize(load_params(ROOT / plan.base).model_dump(mode="json", by_alias=True))
     cells = plan.cells()
-    assert len(cells) == len(plan.arms) * len(plan.demos) * len(plan.seeds) == 72
+    assert len(cells) == len(plan.arms) * len(plan.demos) * len(plan.seeds) == 81
     assert [c["demos"] for c in cells[: len(plan.arms)]] == [25] * len(plan.arms)  # the smallest count first
     mixes, held, shown = {}, {}, {}
     for cell in cells:
